@@ -1,0 +1,122 @@
+"""Atomic checkpoints in ``<run_dir>/checkpoints/`` and automatic resume from the newest one.
+
+A checkpoint holds the model, optimizer, LR scheduler and strategy state, the RNG states of torch
+(CPU and CUDA), numpy and Python, and the step. The data order is a pure function of (seed, step), so
+the step is the data position. Files are written to a temp file, fsync'ed and renamed, so a crash
+during a write leaves the previous checkpoint intact; they load with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtlbench.errors import MtlbenchError
+
+CHECKPOINT_DIR = "checkpoints"
+_NAME = re.compile(r"^step_(\d+)\.pt$")
+
+
+class CheckpointError(MtlbenchError):
+    """A checkpoint in the run directory cannot be loaded."""
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` via a temp file in the same folder, fsync, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every checkpoint in ``run_dir``, oldest first."""
+    folder = run_dir / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return sorted(found)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    keys = state["numpy_keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, state["numpy_pos"], 0, 0.0))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+         scheduler: Any, strategy: Any, keep: int) -> Path:
+    """Write ``checkpoints/step_<step>.pt`` atomically and delete all but the newest ``keep``."""
+    state = {
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "strategy": strategy.state_dict(),
+        "rng": _rng_state(),
+    }
+    path = run_dir / CHECKPOINT_DIR / f"step_{step:08d}.pt"
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    for _, old in list_checkpoints(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def resume(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+           scheduler: Any, strategy: Any) -> int:
+    """Load the newest checkpoint of ``run_dir`` if any; returns the step to continue from (0 if none).
+
+    A checkpoint that cannot be read is reported (with its path) and training refuses to start.
+    """
+    found = list_checkpoints(run_dir)
+    if not found:
+        return 0
+    step, path = found[-1]
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state["scheduler"] is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        strategy.load_state_dict(state["strategy"])
+        _set_rng_state(state["rng"])
+    except Exception as exc:  # noqa: BLE001 - any failure to read means corrupt
+        raise CheckpointError(
+            f"Checkpoint {path} is corrupt ({type(exc).__name__}); refusing to resume. "
+            f"Delete it to resume from an older one, or use a new hydra.run.dir to start fresh."
+        ) from None
+    return int(state["step"])

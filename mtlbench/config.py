@@ -1,0 +1,125 @@
+"""Structured-config schema (dataclasses in Hydra's ConfigStore) and value checks.
+
+Types and unknown keys are checked by OmegaConf against these dataclasses when Hydra composes the
+config; ranges (``lr > 0``, ``max_steps > 0``, …) by :func:`validate`. Strategy hyperparameters are
+checked by each strategy's constructor. Every failure is a one-line :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from mtlbench.data.gradnorm_toy import GradNormToyDataConfig
+from mtlbench.data.synthetic import SyntheticDataConfig
+from mtlbench.errors import ConfigError
+from mtlbench.models.mlp import MLPConfig
+
+#: Schemas of the group options: (group, name) → dataclass. A YAML option extends one with
+#: ``defaults: [/schema/<group>/<name>@_here_]``.
+SCHEMAS: dict[tuple[str, str], type] = {
+    ("data", "synthetic"): SyntheticDataConfig,
+    ("data", "gradnorm_toy"): GradNormToyDataConfig,
+    ("model", "mlp"): MLPConfig,
+}
+
+
+@dataclass
+class AdamConfig:
+    _target_: str = "torch.optim.Adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+
+@dataclass
+class SGDConfig:
+    _target_: str = "torch.optim.SGD"
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    nesterov: bool = False
+
+
+@dataclass
+class TrainerConfig:
+    """``trainer.*``: the loop's knobs (steps, batches, device, logging, checkpoints)."""
+
+    max_steps: int = 300
+    eval_every: int = 100
+    batch_size: int = 128
+    eval_batch_size: int = 2048
+    device: str = "auto"
+    log_every: int = 10
+    grad_log_every: int = 50
+    lr_decay_every: int = 0
+    lr_decay: float = 0.5
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    progress: str = "auto"
+    on_nonfinite: str = "error"
+    num_threads: int = 0
+    report_metric: Optional[str] = None  # noqa: UP045
+
+
+@dataclass
+class Config:
+    """The root config: one option per group plus ``trainer`` and ``seed``."""
+
+    defaults: List[Any] = field(default_factory=list)  # noqa: UP006
+    data: Any = MISSING
+    model: Any = MISSING
+    strategy: Any = MISSING
+    optimizer: Any = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 0
+
+
+def register_configs() -> None:
+    """Store the root schema and every group schema in Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    for (group, name), schema in SCHEMAS.items():
+        cs.store(group=f"schema/{group}", name=name, node=schema)
+    cs.store(group="schema/optimizer", name="adam", node=AdamConfig)
+    cs.store(group="schema/optimizer", name="sgd", node=SGDConfig)
+
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def _positive_int(key: str, value: Any, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"`{key}` must be an integer >= {minimum}. Found `{key} = {value}`.")
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"`{key}` must be one of {', '.join(choices)}. Found `{key} = {value}`.")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range checks that types alone cannot express; raises a one-line :class:`ConfigError`."""
+    t = cfg.trainer
+    for key in ("max_steps", "eval_every", "batch_size", "eval_batch_size", "log_every",
+                "grad_log_every", "keep_checkpoints"):
+        _positive_int(f"trainer.{key}", t[key])
+    for key in ("checkpoint_every", "lr_decay_every", "num_threads"):
+        _positive_int(f"trainer.{key}", t[key], minimum=0)
+    if not DEVICE_PATTERN.match(str(t.device)):
+        raise ConfigError(
+            f"`trainer.device` must be auto, cpu, cuda, cuda:N or mps. Found `trainer.device = {t.device}`."
+        )
+    _choice("trainer.progress", t.progress, ("auto", "on", "off"))
+    _choice("trainer.on_nonfinite", t.on_nonfinite, ("error", "skip_step"))
+    lr = cfg.optimizer.get("lr")
+    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ConfigError(f"`optimizer.lr` must be a finite number > 0. Found `optimizer.lr = {lr}`.")
+    if not (0 < t.lr_decay <= 1):
+        raise ConfigError(
+            f"`trainer.lr_decay` must be in (0, 1]. Found `trainer.lr_decay = {t.lr_decay}`."
+        )

@@ -1,0 +1,144 @@
+"""The strategy protocol: given the task losses (and, when declared, task-gradient statistics), return
+the effective weight w_i = ∂L/∂L_i of every task. The training loop then applies the update of Σ w_i L_i.
+
+Strategies are pure torch: they never call ``backward()`` and never touch the model. A strategy that
+needs gradient statistics sets ``needs_gradients = True`` and ``gradient_source`` (``shared``,
+``last_shared`` or ``representation``); the loop computes :class:`GradientStats` once and passes it in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mtlbench.errors import ConfigError
+from mtlbench.tasks import TaskSpec
+
+#: Losses are clamped to at least this value before any division or logarithm, so a task whose loss
+#: reaches exactly 0 gets a large finite weight instead of inf/NaN.
+LOSS_FLOOR = 1e-12
+
+GRADIENT_SOURCES = ("shared", "last_shared", "representation")
+
+
+@dataclass
+class GradientStats:
+    """Statistics of the per-task gradients g_i = ∇ L_i over the declared parameters.
+
+    Attributes:
+        norms: ||g_i||, shape [n].
+        gramian: G_ij = g_i · g_j, shape [n, n] (so norms = sqrt(diag(G))).
+    """
+
+    norms: Tensor
+    gramian: Tensor
+
+
+@dataclass
+class SetupContext:
+    """What a strategy may read once before training.
+
+    Attributes:
+        tasks: the task specs, in the order of the loss vector.
+        train_targets: training-split targets per task (for eq. 2 derived and eq. 3).
+        measure_losses: ``measure_losses(k)`` → mean transformed loss per task [n] of the current
+            (untrained) model over ``k`` training batches, without gradients (eq. 2 measured).
+    """
+
+    tasks: list[TaskSpec]
+    train_targets: dict[str, Tensor] = field(default_factory=dict)
+    measure_losses: Callable[[int], Tensor] | None = None
+
+
+class Strategy:
+    """Base class. Subclasses implement :meth:`weights`; loss-side ones also :meth:`objective`."""
+
+    needs_gradients: bool = False
+    gradient_source: str = "shared"
+
+    def setup(self, ctx: SetupContext) -> None:
+        """Read statistics once before training (default: nothing)."""
+
+    def weights(self, losses: Tensor, grads: GradientStats | None = None) -> Tensor:
+        """Effective weights w_i = ∂L/∂L_i, shape [n], for ``losses`` [n] (detached)."""
+        raise NotImplementedError
+
+    def objective(self, losses: Tensor) -> Tensor:
+        """The strategy's scalar objective L as written in the post (differentiable in ``losses``)."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume (learned weights, statistics); tensors only."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`."""
+
+
+def floored(losses: Tensor) -> Tensor:
+    """``losses`` clamped to at least :data:`LOSS_FLOOR` (see there)."""
+    return losses.clamp_min(LOSS_FLOOR)
+
+
+def check_real(name: str, value: Any, *, allow_inf: bool = False) -> float:
+    """Validate a real hyperparameter; returns it as float or raises a one-line :class:`ConfigError`."""
+    accepted = "a real number or ±inf" if allow_inf else "a finite real number"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"Parameter `{name}` must be {accepted}. Found `{name} = {value}`."
+        ) from None
+    if math.isnan(number) or (math.isinf(number) and not allow_inf) or isinstance(value, bool):
+        raise ConfigError(f"Parameter `{name}` must be {accepted}. Found `{name} = {value}`.")
+    return number
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """Validate a string hyperparameter against ``choices``."""
+    if value not in choices:
+        raise ConfigError(
+            f"Parameter `{name}` must be one of {', '.join(choices)}. Found `{name} = {value}`."
+        )
+    return str(value)
+
+
+def reference_losses(values: list[float], tasks: list[TaskSpec], what: str) -> Tensor:
+    """Per-task reference losses (eq. 2-3 denominators) as float64; each must be finite and > 0."""
+    for task, value in zip(tasks, values, strict=True):
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(
+                f"The {what} of task `{task.name}` is {value:g}, but it must be > 0 to divide by it "
+                f"(check `data.tasks.{task.name}.loss_shift`)."
+            )
+    return as_loss_vector(values)
+
+
+def as_loss_vector(values: list[float], like: Tensor | None = None) -> Tensor:
+    """A float64 tensor of per-task statistics, on ``like``'s device if given."""
+    device = like.device if like is not None else None
+    return torch.tensor(values, dtype=torch.float64, device=device)
+
+
+class ReferenceNormalized(Strategy):
+    """Shared form of eq. (2) and (3): L = Σ_i L_i / R_i with fixed references R_i set in ``setup``."""
+
+    reference: Tensor | None = None
+
+    def weights(self, losses: Tensor, grads: GradientStats | None = None) -> Tensor:
+        assert self.reference is not None, "call setup() first"
+        return (1.0 / self.reference.to(losses.device)).to(losses.dtype)
+
+    def objective(self, losses: Tensor) -> Tensor:
+        return (self.weights(losses) * losses).sum()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reference": self.reference}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reference = state["reference"]

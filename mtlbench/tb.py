@@ -1,0 +1,66 @@
+"""TensorBoard logging: tag names, the HParams entry of a run, and a custom-scalars layout.
+
+Tags: ``train/loss/<task>``, ``train/weight/<task>``, ``train/grad_norm/<task>``,
+``train/grad_cos/<a>__<b>``, ``val/<metric>/<task>``, ``test/<metric>/<task>``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import custom_scalars, hparams
+
+
+def flatten_hparams(node: Mapping[str, Any], prefix: str = "") -> dict[str, float | int | str | bool]:
+    """Scalar leaves of a nested mapping as ``{"a.b.c": value}``; ``_target_`` keys are skipped."""
+    flat: dict[str, float | int | str | bool] = {}
+    for key, value in node.items():
+        if key == "_target_":
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_hparams(value, f"{name}."))
+        elif isinstance(value, (int, float, str, bool)):
+            flat[name] = value
+        elif isinstance(value, (list, tuple)):
+            flat[name] = str(list(value))
+    return flat
+
+
+class RunLogger:
+    """A SummaryWriter writing into the run directory itself (HParams included, no nested run)."""
+
+    def __init__(self, run_dir: Path, task_names: list[str]) -> None:
+        self.writer = SummaryWriter(log_dir=str(run_dir))
+        self.task_names = task_names
+        self._write_layout()
+
+    def _write_layout(self) -> None:
+        """Custom-scalars layout: every task's loss / weight / grad norm on one shared chart."""
+        charts = {
+            kind: ["Multiline", [f"train/{kind}/{t}" for t in self.task_names]]
+            for kind in ("loss", "weight", "grad_norm")
+        }
+        self.writer.file_writer.add_summary(custom_scalars({"tasks": charts}))
+
+    def scalars(self, prefix: str, values: Mapping[str, float], step: int) -> None:
+        for name, value in values.items():
+            self.writer.add_scalar(f"{prefix}/{name}", value, step)
+
+    def hparams(self, hparam_dict: Mapping[str, Any], metric_dict: Mapping[str, float]) -> None:
+        """Write the HParams session of this run into its own directory (not a nested run)."""
+        clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
+                 for k, v in hparam_dict.items()}
+        exp, ssi, sei = hparams(clean, dict(metric_dict))
+        for summary in (exp, ssi, sei):
+            self.writer.file_writer.add_summary(summary)
+        for name, value in metric_dict.items():
+            self.writer.add_scalar(name, value)
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()
