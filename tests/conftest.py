@@ -1,0 +1,42 @@
+"""Shared fixtures: composing configs in-process and running the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+from mtlbench.config import register_configs
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: Overrides that make any run take a second or two on 2 CPU cores.
+FAST = ["trainer.max_steps=6", "trainer.eval_every=3", "trainer.batch_size=32",
+        "data.n_train=256", "data.n_val=64", "data.n_test=64", "trainer.device=cpu"]
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The root config composed exactly as `mtlbench train <overrides>` would (without hydra.*)."""
+    register_configs()
+    with initialize_config_module(config_module="mtlbench.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def run_cli(args: Sequence[str], cwd: Path, timeout: float = 300,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m mtlbench.cli <args>`` in ``cwd``; returns the completed process (text)."""
+    full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "mtlbench.cli", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture
+def cfg_factory():
+    return compose_config
