@@ -53,6 +53,12 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def remove_all(run_dir: Path) -> None:
+    """Delete every checkpoint of ``run_dir`` (``trainer.resume=fresh``)."""
+    for _, path in list_checkpoints(run_dir):
+        path.unlink()
+
+
 def _rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state: dict[str, Any] = {

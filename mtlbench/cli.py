@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import hydra
+import hydra._internal.hydra as _hydra_internal
+import hydra._internal.utils as _hydra_utils
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from mtlbench.config import register_configs
 from mtlbench.errors import MtlbenchError
@@ -36,10 +44,11 @@ def _train(cfg: DictConfig) -> float:
     try:
         metrics = run(cfg, run_dir, strategy, interactive=single and sys.stderr.isatty())
     except MtlbenchError as exc:
-        log.error("%s", exc)
         write_json_atomic(run_dir / "error.json", {"error": str(exc), "type": type(exc).__name__})
         if single:
+            sys.stderr.write(f"mtlbench: error: {exc}\n")
             sys.exit(1)
+        log.error("%s", exc)
         return math.nan
     return metric_value(metrics, cfg.trainer.report_metric)
 
@@ -57,6 +66,43 @@ _train_app = hydra.main(version_base="1.3", config_path="pkg://mtlbench.conf",
                         config_name="config")(_train)
 
 
+def one_line(exc: BaseException) -> str:
+    """A one-line message for a configuration error raised while Hydra composes the config."""
+    if isinstance(exc, MissingConfigException) and exc.options:
+        group, _, name = str(exc.missing_cfg_file or "").rpartition("/")
+        return (f"`{group or 'config'}={name}` is not a known option; accepted: "
+                f"{', '.join(sorted(exc.options))}.")
+    head = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    cause = exc if isinstance(exc, OmegaConfBaseException) else exc.__cause__
+    if isinstance(cause, OmegaConfBaseException):
+        first = str(cause.msg or cause).splitlines()[0].strip()
+        key = f" (key `{cause.full_key}`)" if cause.full_key else ""
+        head = str(exc).splitlines()[0].strip().rstrip(".")
+        return first + key if head == first else f"{head}: {first}{key}"
+    return re.sub(r"\s+", " ", head)
+
+
+def _report_errors_on_one_line(func: Callable[[], Any]) -> Any:
+    """Replacement for Hydra's ``run_and_report``: user errors become one line on stderr + exit 1.
+
+    Anything else (a bug) keeps Hydra's own reporting, with its trimmed traceback.
+    """
+    try:
+        return func()
+    except (MtlbenchError, OmegaConfBaseException, hydra.errors.HydraException) as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        cause = exc.__cause__ if isinstance(exc.__cause__, MtlbenchError) else exc
+        sys.stderr.write(f"mtlbench: error: {one_line(cause)}\n")
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - delegate to Hydra's reporting
+        error = exc
+        return _original_run_and_report(lambda: (_ for _ in ()).throw(error))
+
+
+_original_run_and_report = _hydra_utils.run_and_report
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -65,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "train":
         register_configs()
+        _hydra_utils.run_and_report = _report_errors_on_one_line
+        _hydra_internal.run_and_report = _report_errors_on_one_line
         sys.argv = ["mtlbench train", *rest]
         _train_app()
         return 0

@@ -60,6 +60,8 @@ class TrainerConfig:
     lr_decay: float = 0.5
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
+    resume: str = "auto"
+    deterministic: bool = False
     progress: str = "auto"
     on_nonfinite: str = "error"
     num_threads: int = 0
@@ -115,6 +117,7 @@ def validate(cfg: DictConfig) -> None:
             f"`trainer.device` must be auto, cpu, cuda, cuda:N or mps. Found `trainer.device = {t.device}`."
         )
     _choice("trainer.progress", t.progress, ("auto", "on", "off"))
+    _choice("trainer.resume", t.resume, ("auto", "fresh"))
     _choice("trainer.on_nonfinite", t.on_nonfinite, ("error", "skip_step"))
     lr = cfg.optimizer.get("lr")
     if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:

@@ -34,8 +34,8 @@ def flatten_hparams(node: Mapping[str, Any], prefix: str = "") -> dict[str, floa
 class RunLogger:
     """A SummaryWriter writing into the run directory itself (HParams included, no nested run)."""
 
-    def __init__(self, run_dir: Path, task_names: list[str]) -> None:
-        self.writer = SummaryWriter(log_dir=str(run_dir))
+    def __init__(self, run_dir: Path, task_names: list[str], purge_step: int | None = None) -> None:
+        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
         self.task_names = task_names
         self._write_layout()
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
@@ -24,6 +23,7 @@ from mtlbench import checkpoint
 from mtlbench.config import validate
 from mtlbench.data import MultiTaskData, Split, build_data
 from mtlbench.errors import TrainingDiverged
+from mtlbench.instantiate import instantiate_group
 from mtlbench.gradients import TaskGradients, cosines, task_gradients
 from mtlbench.models.multitask import MultiTaskModel, build_model
 from mtlbench.progress import Progress
@@ -185,15 +185,19 @@ def run(cfg: DictConfig, run_dir: Path, strategy_name: str, *, interactive: bool
     if tcfg.num_threads > 0:
         torch.set_num_threads(tcfg.num_threads)
     seed_everything(cfg.seed)
+    if tcfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
     device = resolve_device(tcfg.device)
     data = build_data(cfg.data, cfg.seed).to(device)
-    strategy: Strategy = instantiate(cfg.strategy, _convert_="all")
+    strategy: Strategy = instantiate_group("strategy", cfg.strategy, _convert_="all")
     model = build_model(cfg.model, data.input_shape, data.tasks).to(device)
-    optimizer = instantiate(cfg.optimizer, params=model.parameters())
+    optimizer = instantiate_group("optimizer", cfg.optimizer, params=model.parameters())
     scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, tcfg.lr_decay_every, tcfg.lr_decay)
                  if tcfg.lr_decay_every > 0 else None)
     tasks, names = data.tasks, [t.name for t in data.tasks]
 
+    if tcfg.resume == "fresh":
+        checkpoint.remove_all(run_dir)
     start = checkpoint.resume(run_dir, model, optimizer, scheduler, strategy)
     if start == 0:
         strategy.setup(SetupContext(
@@ -204,7 +208,7 @@ def run(cfg: DictConfig, run_dir: Path, strategy_name: str, *, interactive: bool
     else:
         log.info("Resumed from checkpoint at step %d in %s", start, run_dir)
 
-    logger = RunLogger(run_dir, names)
+    logger = RunLogger(run_dir, names, purge_step=start or None)
     progress = Progress(tcfg.max_steps, enabled=interactive if tcfg.progress == "auto"
                         else tcfg.progress == "on")
     skipped, started, val = 0, time.perf_counter(), {}

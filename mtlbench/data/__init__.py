@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mtlbench.data.base import MultiTaskData, Split
+from mtlbench.instantiate import instantiate_group
 
 __all__ = ["MultiTaskData", "Split", "build_data"]
 
@@ -16,5 +16,5 @@ def build_data(cfg: DictConfig | dict[str, Any], seed: int) -> MultiTaskData:
     """Instantiate the ``data`` config group (its ``_target_`` builder) and apply ``data.only``."""
     node = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     only = node.pop("only", None)
-    data = instantiate(node, seed=seed, _convert_="all")
+    data = instantiate_group("data", node, seed=seed, _convert_="all")
     return data.select(only)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from mtlbench.instantiate import instantiate_group
 from mtlbench.models.heads import make_head
 from mtlbench.tasks import TaskSpec
 
@@ -42,6 +42,6 @@ def build_model(cfg: DictConfig | dict[str, Any], input_shape: tuple[int, ...],
     """Instantiate the ``model`` group's backbone and attach a head per task."""
     node = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     head_hidden = int(node.pop("head_hidden", 0))
-    backbone = instantiate(node, input_shape=tuple(input_shape))
+    backbone = instantiate_group("model", node, input_shape=tuple(input_shape))
     heads = {t.name: make_head(t, backbone.out_dim, head_hidden) for t in tasks}
     return MultiTaskModel(backbone, heads)

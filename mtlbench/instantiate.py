@@ -1,0 +1,42 @@
+"""Hydra ``instantiate`` for a config group, with constructor errors turned into one-line messages."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import get_object, instantiate
+
+from mtlbench.errors import ConfigError, MtlbenchError
+
+
+def accepted_parameters(target: str) -> list[str]:
+    """Keyword parameters of the callable ``target`` (a dotted path)."""
+    try:
+        signature = inspect.signature(get_object(target))
+    except (ValueError, TypeError, ImportError):
+        return []
+    return [n for n, p in signature.parameters.items()
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n != "self"]
+
+
+def instantiate_group(group: str, node: Any, **kwargs: Any) -> Any:
+    """``instantiate(node, **kwargs)``; a :class:`MtlbenchError` raised by the target is re-raised as
+    is, and an unknown keyword becomes a :class:`ConfigError` listing the accepted parameters."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, MtlbenchError):
+            raise cause from None
+        if isinstance(cause, TypeError):
+            target = str(node["_target_"])
+            accepted = [p for p in accepted_parameters(target) if p not in kwargs]
+            unknown = [k for k in node if not str(k).startswith("_") and k not in accepted]
+            if unknown:
+                raise ConfigError(
+                    f"`{group}.{unknown[0]}` is not a parameter of {target}; accepted: "
+                    f"{', '.join(accepted) or '(none)'}."
+                ) from None
+        raise
