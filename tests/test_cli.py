@@ -1,0 +1,128 @@
+"""The `mtlbench` CLI: help, one end-to-end run per strategy, a multirun, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST, REPO, run_cli
+from mtlbench.cli import main
+
+STRATEGIES = sorted(p.stem for p in (REPO / "conf" / "strategy").glob("*.yaml"))
+#: Extra overrides a strategy needs to run at all (single-task runs one task).
+NEEDS = {"single_task": ["data.only=cls_k10"]}
+
+
+def run_in_process(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``mtlbench <args>`` in this process; returns (exit code, stdout, stderr)."""
+    try:
+        code = main(args)
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_top_level_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_in_process(["--help"], capsys)
+    assert code == 0 and "train" in out and "report" in out
+
+
+def test_unknown_subcommand_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_in_process(["trian"], capsys)
+    assert code == 2 and err.strip() == "mtlbench: unknown command `trian`; accepted: train, report."
+
+
+def test_train_help_is_hydras_with_the_groups(tmp_path: Path) -> None:
+    result = run_cli(["train", "--help"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for group in ("data:", "model:", "strategy:", "optimizer:"):
+        assert group in result.stdout
+    assert "generalized_mean" in result.stdout and "gradnorm_toy" in result.stdout
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_each_strategy_trains_end_to_end(strategy: str, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    args = ["train", f"strategy={strategy}", *NEEDS.get(strategy, []), *FAST,
+            f"hydra.run.dir={run_dir}"]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["strategy"] == strategy and metrics["steps"] == 6 and metrics["seed"] == 0
+    for name, task in metrics["tasks"].items():
+        metric = "accuracy" if task["kind"] == "classification" else "mse"
+        assert set(task) >= {"kind", "loss", metric}, name
+    assert list(run_dir.glob("events.out.tfevents.*")), "no TensorBoard events"
+    assert "Final test metrics" in result.stdout + result.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_two_job_multirun_writes_one_dir_per_job(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_cli(["train", "-m", "strategy=generalized_mean", "strategy.gamma=0,inf", *FAST,
+                      f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = sorted(sweep.rglob("metrics.json"))
+    assert len(found) == 2
+    gammas = sorted(json.loads((p.parent / ".hydra" / "overrides.yaml").read_text() != "")
+                    and p.parent.name for p in found)
+    assert any("strategy.gamma=0" in g for g in gammas)
+    assert any("strategy.gamma=inf" in g for g in gammas)
+
+
+# --------------------------------------------------------------------------- bad input
+BAD_INPUT = [
+    # (overrides, words the single error line must contain)
+    (["strategy=bogus"], ["strategy=bogus", "equal", "generalized_mean"]),
+    (["data=bogus"], ["data=bogus", "synthetic"]),
+    (["model=bogus"], ["model=bogus", "mlp"]),
+    (["trainer.max_steps=abc"], ["trainer.max_steps", "abc"]),
+    (["strategy=generalized_mean", "strategy.gamma=nan"], ["gamma", "nan", "±inf"]),
+    (["optimizer.lr=0"], ["optimizer.lr", "> 0"]),
+    (["optimizer.lr=-1"], ["optimizer.lr", "-1"]),
+    (["optimizer.lr=inf"], ["optimizer.lr", "inf"]),
+    (["trainer.max_steps=0"], ["trainer.max_steps", ">= 1"]),
+    (["trainer.batch_size=-4"], ["trainer.batch_size", "-4"]),
+    (["data.tasks.reg_x1.loss_scale=0"], ["data.tasks.reg_x1.loss_scale", "> 0"]),
+    (["data.tasks.reg_x1.loss_scale=nan"], ["data.tasks.reg_x1.loss_scale", "nan"]),
+    (["strategy=static", "+strategy.weights.cls_k2=-1"], ["strategy.weights.cls_k2", ">= 0"]),
+    (["strategy=static", "+strategy.weights.cls_k2=0", "+strategy.weights.cls_k10=0",
+      "+strategy.weights.reg_x1=0", "+strategy.weights.reg_x100=0"], ["strategy.weights", "> 0"]),
+    (["strategy=static", "+strategy.weights.nope=1"], ["strategy.weights.nope", "cls_k2"]),
+    (["data.tasks.cls_k2.num_classes=1"], ["data.tasks.cls_k2.num_classes", ">= 2"]),
+    (["data.only=nope"], ["data.only", "nope", "cls_k10"]),
+    (["foo=1"], ["foo"]),
+    (["trainer.device=tpu"], ["trainer.device", "tpu", "cuda"]),
+    (["+strategy.foo=1"], ["strategy.foo", "not a parameter"]),
+]
+if (REPO / "conf" / "strategy" / "gradnorm.yaml").exists():
+    BAD_INPUT.append((["strategy=gradnorm", "strategy.alpha=-1"], ["alpha", "-1"]))
+
+
+@pytest.mark.parametrize("overrides,words", BAD_INPUT, ids=lambda v: " ".join(v)[:60])
+def test_bad_input_is_one_line_and_overwrites_nothing(
+    overrides: list[str], words: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    sentinel_metrics, sentinel_ckpt = b'{"sentinel": true}\n', b"not touched"
+    (run_dir / "metrics.json").write_bytes(sentinel_metrics)
+    (run_dir / "checkpoints" / "keep.bin").write_bytes(sentinel_ckpt)
+    code, _, err = run_in_process(
+        ["train", *overrides, "trainer.max_steps=3", "trainer.device=cpu",
+         f"hydra.run.dir={run_dir}"] if "trainer.max_steps=0" not in overrides and
+        "trainer.max_steps=abc" not in overrides else
+        ["train", *overrides, f"hydra.run.dir={run_dir}"], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code != 0
+    assert len(lines) == 1, err
+    assert lines[0].startswith("mtlbench: error: "), lines[0]
+    assert "Traceback" not in err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert (run_dir / "metrics.json").read_bytes() == sentinel_metrics
+    assert (run_dir / "checkpoints" / "keep.bin").read_bytes() == sentinel_ckpt
+    assert not list(run_dir.glob("events.out.tfevents.*"))

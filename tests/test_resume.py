@@ -1,0 +1,180 @@
+"""Checkpoints, kill -9 resume, determinism, and divergence handling."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, compose_config, run_cli
+from mtlbench import checkpoint
+from mtlbench.errors import TrainingDiverged
+from mtlbench.train import run
+
+RESUME = ["trainer.max_steps=400", "trainer.eval_every=100", "trainer.checkpoint_every=25",
+          "trainer.batch_size=32", "data.n_train=512", "data.n_val=64", "data.n_test=256",
+          "trainer.device=cpu", "trainer.num_threads=1"]
+
+
+def task_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())["tasks"]
+
+
+def test_same_seed_same_metrics_different_seed_differs(tmp_path: Path) -> None:
+    small = ["trainer.max_steps=20", "trainer.eval_every=10", "data.n_train=256",
+             "data.n_val=64", "data.n_test=64", "trainer.device=cpu", "strategy=realtime"]
+    a = run(compose_config(small), tmp_path / "a", "realtime")["tasks"]
+    b = run(compose_config(small), tmp_path / "b", "realtime")["tasks"]
+    c = run(compose_config([*small, "seed=1"]), tmp_path / "c", "realtime")["tasks"]
+    assert a == b
+    assert a != c
+
+
+def test_resume_in_process_matches_uninterrupted(tmp_path: Path) -> None:
+    args = [*RESUME, "trainer.max_steps=60", "strategy=init_loss"]
+    full = run(compose_config(args), tmp_path / "full", "init_loss")["tasks"]
+    # "crash" after step 50: train to 50 with the same checkpoint cadence, then ask for 60
+    part_dir = tmp_path / "part"
+    run(compose_config([*args, "trainer.max_steps=50"]), part_dir, "init_loss")
+    assert [s for s, _ in checkpoint.list_checkpoints(part_dir)] == [25, 50]
+    resumed = run(compose_config(args), part_dir, "init_loss")["tasks"]
+    assert resumed == full
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
+    reference = tmp_path / "reference"
+    done = run_cli(["train", *RESUME, "strategy=realtime", f"hydra.run.dir={reference}"],
+                   cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    crashed = tmp_path / "crashed"
+    cmd = [sys.executable, "-m", "mtlbench.cli", "train", *RESUME, "strategy=realtime",
+           f"hydra.run.dir={crashed}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not checkpoint.list_checkpoints(crashed) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.05 * torch.rand(1).item())  # a random moment after the first checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (crashed / "metrics.json").exists(), "the run finished before it was killed"
+    last = checkpoint.list_checkpoints(crashed)[-1][0]
+
+    resumed = run_cli(["train", *RESUME, "strategy=realtime", f"hydra.run.dir={crashed}"],
+                      cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"Resumed from checkpoint at step {last}" in resumed.stdout + resumed.stderr
+    assert task_metrics(crashed) == task_metrics(reference)
+
+
+def test_keep_last_k_checkpoints(tmp_path: Path) -> None:
+    args = [*RESUME, "trainer.max_steps=100", "trainer.keep_checkpoints=2"]
+    run(compose_config(args), tmp_path, "equal")
+    assert [s for s, _ in checkpoint.list_checkpoints(tmp_path)] == [75, 100]
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path: Path) -> None:
+    run(compose_config([*RESUME, "trainer.max_steps=25", "strategy=init_loss"]), tmp_path,
+        "init_loss")
+    _, path = checkpoint.list_checkpoints(tmp_path)[-1]
+    state = torch.load(path, weights_only=True)
+    assert state["step"] == 25 and set(state) >= {"model", "optimizer", "strategy", "rng"}
+    assert state["strategy"]["reference"].shape == (4,)
+
+
+def test_corrupt_checkpoint_is_refused_then_fresh_start_on_request(tmp_path: Path) -> None:
+    args = [*RESUME, "trainer.max_steps=50"]
+    run(compose_config(args), tmp_path, "equal")
+    _, newest = checkpoint.list_checkpoints(tmp_path)[-1]
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated
+    before = (tmp_path / "metrics.json").read_bytes()
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt.*refusing to resume"):
+        run(compose_config(args), tmp_path, "equal")
+    assert (tmp_path / "metrics.json").read_bytes() == before
+    run(compose_config([*args, "trainer.resume=fresh"]), tmp_path, "equal")
+    assert [s for s, _ in checkpoint.list_checkpoints(tmp_path)] == [25, 50]
+
+
+def test_corrupt_checkpoint_cli_message(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step_00000010.pt").write_bytes(b"garbage")
+    result = run_cli(["train", *RESUME, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1
+    assert lines == [lines[0]] and "step_00000010.pt is corrupt" in lines[0], result.stderr
+
+
+KILL_DURING_WRITE = """
+import sys, torch
+from pathlib import Path
+from mtlbench import checkpoint
+model = torch.nn.Linear(2048, 2048)  # 16 MiB per checkpoint: writes take a while
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+class S:
+    def state_dict(self): return {}
+print("ready", flush=True)
+step = 0
+while True:
+    step += 1
+    with torch.no_grad():
+        model.weight.fill_(step)
+    checkpoint.save(Path(sys.argv[1]), step, model, opt, None, S(), keep=2)
+"""
+
+
+def test_kill_during_checkpoint_write_keeps_previous_loadable(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", KILL_DURING_WRITE, str(tmp_path)],
+                            stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    deadline = time.monotonic() + 60
+    while len(checkpoint.list_checkpoints(tmp_path)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # kill while a temp file is being written (most of the loop's time is spent writing)
+    while not list((tmp_path / "checkpoints").glob(".*tmp*")) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step, path = checkpoint.list_checkpoints(tmp_path)[-1]
+    state = torch.load(path, weights_only=True)
+    assert state["step"] == step
+    assert torch.all(state["model"]["weight"] == step)
+
+
+def test_atomic_write_leaves_old_file_when_rename_never_happens(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    target = tmp_path / "metrics.json"
+    checkpoint.atomic_write_bytes(target, b"old")
+
+    def crash(*_args, **_kwargs):
+        raise KeyboardInterrupt("killed before rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"old"
+
+
+def test_divergence_stops_with_step_task_and_strategy(tmp_path: Path) -> None:
+    args = [*RESUME, "trainer.max_steps=30", "optimizer.lr=1e30",
+            "data.tasks.reg_x100.loss_scale=1e30"]
+    with pytest.raises(TrainingDiverged, match=r"at step \d+ \(strategy equal\).*reg_x100"):
+        run(compose_config(args), tmp_path, "equal")
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_skip_step_counts_skips_and_finishes(tmp_path: Path) -> None:
+    args = [*RESUME, "trainer.max_steps=30", "optimizer.lr=1e30",
+            "data.tasks.reg_x100.loss_scale=1e30", "trainer.on_nonfinite=skip_step"]
+    metrics = run(compose_config(args), tmp_path, "equal")
+    assert metrics["skipped_steps"] > 0
