@@ -14,7 +14,13 @@ from mtlbench.strategies.base import GradientStats, Strategy
 
 
 class Equal(Strategy):
-    """The arithmetic mean of the task losses; every task weighs 1/n. Neither scale- nor shift-invariant."""
+    """The arithmetic mean of the task losses; every task weighs 1/n.
+
+    Not scale-invariant. Shift-invariant: the weights do not depend on the losses, and adding a
+    constant to a loss does not change its gradient.
+    """
+
+    shift_invariant = True
 
     def weights(self, losses: Tensor, grads: GradientStats | None = None) -> Tensor:
         return torch.full_like(losses, 1.0 / losses.numel())

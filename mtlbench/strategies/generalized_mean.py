@@ -27,6 +27,10 @@ class GeneralizedMean(Strategy):
 
     def __init__(self, *, gamma: float = 1.0) -> None:
         self.gamma = check_real("gamma", gamma, allow_inf=True)
+        # γ = 0 is the geometric mean (scale-invariant direction, eq. 6-7); γ = 1 gives equal
+        # weights (which do not depend on the losses, hence shift-invariant). No other γ is either.
+        self.scale_invariant = self.gamma == 0
+        self.shift_invariant = self.gamma == 1
 
     def log_mean(self, losses: Tensor) -> Tensor:
         """log L(γ) for ``losses`` [n] (floored at ``LOSS_FLOOR``), in float64."""

@@ -14,7 +14,9 @@ from mtlbench.strategies.base import GradientStats, Strategy, floored
 
 
 class Geometric(Strategy):
-    """The geometric mean of the task losses (losses floored at ``LOSS_FLOOR``)."""
+    """The geometric mean of the task losses (losses floored at ``LOSS_FLOOR``). Scale-invariant."""
+
+    scale_invariant = True
 
     def weights(self, losses: Tensor, grads: GradientStats | None = None) -> Tensor:
         log_l = floored(losses).log()

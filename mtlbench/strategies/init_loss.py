@@ -27,9 +27,11 @@ class InitLoss(ReferenceNormalized):
         batches: number of training batches averaged when ``source=measured`` (≥ 1).
     """
 
+    scale_invariant = True
+
     def __init__(self, *, source: str = "measured", batches: int = 10) -> None:
         self.source = check_choice("strategy.source", source, ("measured", "derived"))
-        if not isinstance(batches, int) or batches < 1:
+        if not isinstance(batches, int) or isinstance(batches, bool) or batches < 1:
             raise ConfigError(
                 f"Parameter `strategy.batches` must be an integer >= 1. "
                 f"Found `strategy.batches = {batches}`."

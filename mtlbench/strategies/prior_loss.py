@@ -16,6 +16,8 @@ from mtlbench.strategies.base import ReferenceNormalized, SetupContext, referenc
 class PriorLoss(ReferenceNormalized):
     """Divide each loss by the loss of the best label-distribution-only predictor."""
 
+    scale_invariant = True
+
     def setup(self, ctx: SetupContext) -> None:
         values = [t.prior_loss(ctx.train_targets[t.name]) for t in ctx.tasks]
         self.reference = reference_losses(values, ctx.tasks, "prior loss")

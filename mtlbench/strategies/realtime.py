@@ -16,6 +16,8 @@ from mtlbench.strategies.base import GradientStats, Strategy, floored
 class Realtime(Strategy):
     """Divide each loss by its own detached value. Losses are floored at ``LOSS_FLOOR``."""
 
+    scale_invariant = True
+
     def weights(self, losses: Tensor, grads: GradientStats | None = None) -> Tensor:
         return 1.0 / floored(losses)
 

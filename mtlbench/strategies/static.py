@@ -20,7 +20,11 @@ class Static(Strategy):
 
     Parameters:
         weights: mapping task name → α_i ≥ 0; at least one α_i must be > 0.
+
+    Not scale-invariant; shift-invariant (the weights do not depend on the losses).
     """
+
+    shift_invariant = True
 
     def __init__(self, *, weights: Mapping[str, float] | None = None) -> None:
         self.given = {

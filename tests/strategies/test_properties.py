@@ -1,0 +1,364 @@
+"""Property checks shared by every strategy in ``conf/strategy/*.yaml`` (found by globbing).
+
+Each strategy is instantiated from its composed Hydra config and evaluated on a seeded "world": task
+specs (classification and regression), training targets, raw losses, raw initial losses and raw
+per-task gradients A [n, m] (Gramian G = A Aᵀ). Transforming a task's loss (``loss_scale`` λ,
+``loss_shift`` c) transforms everything a strategy can read consistently: its loss, its measured and
+derived initial loss, its prior loss, and (for λ) its gradient row. The checks:
+
+* valid weights (finite, ≥ 0, shape [n], one > 0) for loss magnitudes from 0 to 1e8, zero gradients;
+* task-permutation equivariance;
+* the invariances each strategy claims with ``Strategy.scale_invariant`` / ``shift_invariant``
+  (eq. 2-4, 7, 10-11): the update direction Σ_i w_i ∇L_i is unchanged;
+* for the loss-side strategies, that the claims are not vacuous: a non-claimed invariance fails.
+
+Gradient-side strategies get ``GradientStats`` of the seeded gradients; one that sets
+``combines_gradients`` is checked through ``combine_gradients`` (head weights and shared update).
+
+A strategy whose ``setup`` refuses a task set (e.g. ``single_task`` with n > 1) is skipped for it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import compose_config
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch import Tensor
+from torch.testing import assert_close
+
+from mtlbench.errors import ConfigError
+from mtlbench.strategies.base import GradientStats, SetupContext, Strategy
+from mtlbench.tasks import TaskSpec
+
+F64 = torch.float64
+STRATEGY_DIR = Path(__file__).resolve().parents[2] / "conf" / "strategy"
+NAMES = sorted(p.stem for p in STRATEGY_DIR.glob("*.yaml"))
+
+#: Extra hyperparameters checked on top of every YAML's defaults (a missing YAML is left out).
+EXTRA = [
+    ("generalized_mean", {"gamma": 0.0}),
+    ("generalized_mean", {"gamma": -2.0}),
+    ("generalized_mean", {"gamma": 3.0}),
+    ("generalized_mean", {"gamma": math.inf}),
+    ("generalized_mean", {"gamma": -math.inf}),
+    ("init_loss", {"source": "derived"}),
+    ("static", {"weights": {"t0": 2.5}}),
+    ("gradnorm_ideal", {"rescale": "mean"}),
+    ("gradnorm_ideal", {"params": "representation", "log_losses": True, "rescale": "max"}),
+    ("gradnorm_ideal", {"heads": "unweighted"}),
+]
+VARIANTS = [(name, {}) for name in NAMES] + [(n, o) for n, o in EXTRA if n in NAMES]
+IDS = [name + "".join(f"[{k}={v}]" for k, v in o.items()) for name, o in VARIANTS]
+SIZES = [1, 2, 3, 5]
+
+
+@functools.cache
+def _node(name: str) -> dict[str, Any]:
+    """The ``strategy`` node exactly as ``mtlbench train strategy=<name>`` composes it."""
+    return OmegaConf.to_container(compose_config([f"strategy={name}"]).strategy, resolve=True)
+
+
+_PROTOTYPES: dict[str, Strategy] = {}
+
+
+def make_strategy(name: str, overrides: dict[str, Any]) -> Strategy:
+    """A fresh (never set up) instance, instantiated from the composed node with ``overrides``.
+    A deep copy of a cached, never set up prototype is one, and is cheaper than instantiating."""
+    key = repr((name, sorted(overrides.items())))
+    if key not in _PROTOTYPES:
+        _PROTOTYPES[key] = instantiate({**_node(name), **overrides}, _convert_="all")
+    return copy.deepcopy(_PROTOTYPES[key])
+
+
+def claims(attribute: str) -> list[Any]:
+    """The variants that claim ``attribute``, as pytest params. A variant that cannot be
+    instantiated is kept, so that the checks fail on it loudly instead of dropping it."""
+    out = []
+    for (name, overrides), id_ in zip(VARIANTS, IDS, strict=True):
+        try:
+            claimed = getattr(make_strategy(name, overrides), attribute)
+        except Exception:  # noqa: BLE001 (reported by the tests themselves)
+            claimed = True
+        if claimed:
+            out.append(pytest.param(name, overrides, id=id_))
+    return out
+
+
+# ----------------------------------------------------------------------------- the seeded world
+@dataclasses.dataclass
+class World:
+    tasks: list[TaskSpec]
+    raw_losses: Tensor  # [n]
+    raw_init: Tensor  # [n], what measure_losses reports before the transform
+    raw_grads: Tensor  # [n, m], per-task gradients before the transform
+    targets: dict[str, Tensor]
+
+    @property
+    def n(self) -> int:
+        return len(self.tasks)
+
+    def scales(self) -> Tensor:
+        return torch.tensor([t.loss_scale for t in self.tasks], dtype=F64)
+
+    def shifts(self) -> Tensor:
+        return torch.tensor([t.loss_shift for t in self.tasks], dtype=F64)
+
+    def losses(self) -> Tensor:
+        return self.scales() * self.raw_losses + self.shifts()
+
+    def grads(self) -> GradientStats:
+        a = self.scales()[:, None] * self.raw_grads
+        gramian = a @ a.T
+        return GradientStats(norms=gramian.diagonal().clamp_min(0).sqrt(), gramian=gramian)
+
+    def context(self) -> SetupContext:
+        init = self.scales() * self.raw_init + self.shifts()
+        return SetupContext(tasks=list(self.tasks), train_targets=dict(self.targets),
+                            measure_losses=lambda k: init.clone())
+
+    def scaled(self, k: int, lam: float) -> World:
+        tasks = list(self.tasks)
+        tasks[k] = dataclasses.replace(tasks[k], loss_scale=tasks[k].loss_scale * lam)
+        return dataclasses.replace(self, tasks=tasks)
+
+    def shifted(self, k: int, c: float) -> World:
+        tasks = list(self.tasks)
+        tasks[k] = dataclasses.replace(tasks[k], loss_shift=tasks[k].loss_shift + c)
+        return dataclasses.replace(self, tasks=tasks)
+
+    def permuted(self, perm: Tensor) -> World:
+        return World([self.tasks[i] for i in perm.tolist()], self.raw_losses[perm],
+                     self.raw_init[perm], self.raw_grads[perm], self.targets)
+
+
+def make_world(n: int, seed: int, lo: float = -12.0, hi: float = 8.0,
+               special: tuple[float, ...] = ()) -> World:
+    """n tasks alternating classification (K = 2 + i, skewed labels) and regression (d = 1 + i % 3),
+    log-uniform raw losses in [10^lo, 10^hi] (the first ones replaced by ``special``)."""
+    gen = torch.Generator().manual_seed(1000 * n + seed)
+    tasks, targets = [], {}
+    for i in range(n):
+        name = f"t{i}"
+        if i % 2 == 0:
+            k = 2 + i
+            tasks.append(TaskSpec(name, "classification", k))
+            probs = torch.softmax(-0.7 * torch.arange(k, dtype=F64), 0)
+            labels = torch.multinomial(probs, 40, replacement=True, generator=gen)
+            targets[name] = torch.cat([torch.arange(k), labels])  # every class present
+        else:
+            d = 1 + i % 3
+            tasks.append(TaskSpec(name, "regression", d))
+            targets[name] = 3.0 + 10.0 ** i * torch.randn(40, d, dtype=F64, generator=gen)
+    raw = 10.0 ** (lo + (hi - lo) * torch.rand(n, dtype=F64, generator=gen))
+    for i, value in enumerate(special[:n]):
+        raw[i] = value
+    init = 10.0 ** (-1 + 2 * torch.rand(n, dtype=F64, generator=gen))
+    grads = torch.randn(n, n + 3, dtype=F64, generator=gen)
+    return World(tasks, raw, init, grads, targets)
+
+
+@dataclasses.dataclass
+class Step:
+    """What the loop applies: head i gets w_i ∇L_i; the shared parameters get ``update``."""
+
+    weights: Tensor  # [n]
+    update: list[Tensor]  # one tensor per (fake) shared parameter
+
+
+def step_in(world: World, name: str, overrides: dict[str, Any], dtype: torch.dtype = F64) -> Step:
+    """A fresh strategy's step in ``world``, computed as the training loop computes it. The shared
+    parameters are two fake ones whose per-task gradients are the columns 0:2 and 2: of the
+    transformed gradients diag(loss_scale) A."""
+    strategy = make_strategy(name, overrides)
+    try:
+        strategy.setup(world.context())
+    except ConfigError as error:
+        pytest.skip(f"{name} refuses this task set: {error}")
+    a = (world.scales()[:, None] * world.raw_grads).to(dtype)
+    per_task = [a[:, :2], a[:, 2:]]
+    losses = world.losses().to(dtype)
+    if getattr(strategy, "combines_gradients", False):
+        w, update = strategy.combine_gradients(losses, [g.clone() for g in per_task])
+        return Step(w, list(update))
+    stats = world.grads() if strategy.needs_gradients else None
+    if stats is not None:
+        stats = GradientStats(stats.norms.to(dtype), stats.gramian.to(dtype))
+    w = strategy.weights(losses, stats)
+    return Step(w, [torch.tensordot(w, g, dims=1) for g in per_task])
+
+
+def assert_valid(step: Step, n: int, dtype: torch.dtype = F64, some_positive: bool = True) -> None:
+    w = step.weights
+    assert w.shape == (n,), w.shape
+    assert w.dtype == dtype
+    assert torch.isfinite(w).all(), w
+    assert (w >= 0).all(), w
+    assert not some_positive or (w > 0).any(), w
+    assert all(torch.isfinite(u).all() for u in step.update), step.update
+
+
+def assert_close_update(got: list[Tensor], expected: list[Tensor], rtol: float = 1e-9) -> None:
+    scale = max(float(u.abs().max()) for u in expected)
+    for a, b in zip(got, expected, strict=True):
+        assert_close(a, b, rtol=rtol, atol=rtol * scale + 1e-300)
+
+
+def assert_same_direction(u: Tensor, w: Tensor, rtol: float = 1e-9) -> float:
+    """u = c · w for one c > 0; returns c."""
+    j = int(w.argmax())
+    c = u[j] / w[j]
+    assert torch.isfinite(c) and c > 0, (u, w)
+    assert_close(u, c * w, rtol=rtol, atol=1e-300)
+    return float(c)
+
+
+def direction_gap(u: Tensor, w: Tensor) -> float:
+    """Largest relative deviation of u from the best multiple of w."""
+    j = int(w.argmax())
+    c = u[j] / w[j]
+    return float(((u - c * w).abs() / (c * w).abs().clamp_min(1e-300)).max())
+
+
+def weights_in(world: World, name: str, overrides: dict[str, Any]) -> Tensor:
+    return step_in(world, name, overrides).weights
+
+
+# ----------------------------------------------------------------------------- the checks
+def test_every_yaml_is_checked():
+    assert {"equal", "static", "init_loss", "prior_loss", "realtime", "geometric",
+            "generalized_mean"} <= set(NAMES)
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize(("name", "overrides"), VARIANTS, ids=IDS)
+def test_valid_weights(name, overrides, n):
+    for seed in range(4):
+        assert_valid(step_in(make_world(n, seed), name, overrides), n)
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize(("name", "overrides"), VARIANTS, ids=IDS)
+def test_no_nan_at_extreme_losses_and_zero_gradients(name, overrides, n):
+    for special in ((0.0, 1e-12, 1e8), (1e8, 0.0, 1e-12), (1e-12, 1e8, 0.0)):
+        for dtype in (torch.float32, F64):
+            world = make_world(n, seed=7, special=special)
+            assert_valid(step_in(world, name, overrides, dtype), n, dtype)
+            world.raw_grads[0] = 0.0  # a task whose gradient norm is exactly 0
+            assert_valid(step_in(world, name, overrides, dtype), n, dtype)
+    world = make_world(n, seed=8)
+    world.raw_grads.zero_()  # every gradient is 0: no update anyway, so all-zero weights are fine
+    assert_valid(step_in(world, name, overrides), n, some_positive=False)
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+@pytest.mark.parametrize(("name", "overrides"), VARIANTS, ids=IDS)
+def test_permutation_equivariance(name, overrides, n):
+    for seed in range(3):
+        world = make_world(n, seed)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        step, permuted = step_in(world, name, overrides), step_in(world.permuted(perm), name,
+                                                                   overrides)
+        assert_close(permuted.weights, step.weights[perm], rtol=1e-10, atol=1e-300)
+        assert_close_update(permuted.update, step.update, rtol=1e-10)
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize(("name", "overrides"), claims("scale_invariant"))
+def test_claimed_scale_invariance(name, overrides, n):
+    assert make_strategy(name, overrides).scale_invariant
+    for seed in range(3):
+        # losses ≥ 1e-6 so that λ = 1e-3 keeps them above the 1e-12 floor
+        world = make_world(n, seed, lo=-6.0)
+        step = step_in(world, name, overrides)
+        for k in range(n):
+            for lam in (1e-3, 0.37, 1e3):
+                # task k's loss and gradient are λ times larger: head k's update is w'_k · λ ∇L_k,
+                # so the update keeps its direction iff w' · s = c · w and update' = c · update
+                scaled = step_in(world.scaled(k, lam), name, overrides)
+                s = torch.ones(n, dtype=F64)
+                s[k] = lam
+                c = assert_same_direction(scaled.weights * s, step.weights)
+                assert_close_update(scaled.update, [c * u for u in step.update])
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize(("name", "overrides"), claims("shift_invariant"))
+def test_claimed_shift_invariance(name, overrides, n):
+    assert make_strategy(name, overrides).shift_invariant
+    for seed in range(3):
+        world = make_world(n, seed)
+        step = step_in(world, name, overrides)
+        for k in range(n):
+            for c in (0.5, 7.0):
+                # gradients are unchanged by a shift: weights and update must be proportional
+                shifted = step_in(world.shifted(k, c), name, overrides)
+                factor = assert_same_direction(shifted.weights, step.weights)
+                assert_close_update(shifted.update, [factor * u for u in step.update])
+
+
+#: Loss-side settings that must *not* be scale-invariant; the claims above would be vacuous if
+#: these passed them too.
+NOT_SCALE_INVARIANT = [
+    ("equal", {}),
+    ("static", {}),
+    ("generalized_mean", {"gamma": 1.0}),
+    ("generalized_mean", {"gamma": 3.0}),
+    ("generalized_mean", {"gamma": -2.0}),
+    ("generalized_mean", {"gamma": math.inf}),
+]
+NOT_SHIFT_INVARIANT = [
+    ("realtime", {}),
+    ("geometric", {}),
+    ("init_loss", {"source": "measured"}),
+    ("init_loss", {"source": "derived"}),
+    ("prior_loss", {}),
+    ("generalized_mean", {"gamma": 0.0}),
+    ("generalized_mean", {"gamma": 3.0}),
+]
+
+
+def _ids(cases):
+    return [name + "".join(f"[{k}={v}]" for k, v in o.items()) for name, o in cases]
+
+
+@pytest.mark.parametrize(("name", "overrides"), NOT_SCALE_INVARIANT, ids=_ids(NOT_SCALE_INVARIANT))
+def test_scale_changes_direction_when_not_claimed(name, overrides):
+    assert not make_strategy(name, overrides).scale_invariant
+    world = make_world(3, seed=0, lo=-1.0, hi=1.0)
+    w = weights_in(world, name, overrides)
+    # scaling the largest loss by 1e3 (and, for γ = inf, then the smallest one above it)
+    k = int(world.raw_losses.argmin()) if name == "generalized_mean" else 0
+    s = torch.ones(3, dtype=F64)
+    s[k] = 1e3
+    assert direction_gap(weights_in(world.scaled(k, 1e3), name, overrides) * s, w) > 0.1
+
+
+@pytest.mark.parametrize(("name", "overrides"), NOT_SHIFT_INVARIANT, ids=_ids(NOT_SHIFT_INVARIANT))
+def test_shift_changes_direction_when_not_claimed(name, overrides):
+    assert not make_strategy(name, overrides).shift_invariant
+    world = make_world(3, seed=0, lo=-1.0, hi=1.0)
+    w = weights_in(world, name, overrides)
+    assert direction_gap(weights_in(world.shifted(0, 5.0), name, overrides), w) > 0.1
+
+
+def test_claims_match_the_post():
+    """eq. (2), (3), (4), (7) claim scale invariance; none of the loss-side ones shift invariance
+    except the loss-independent weightings (equal, static, γ = 1)."""
+    expected = {("realtime", ()): (True, False), ("geometric", ()): (True, False),
+                ("init_loss", ()): (True, False), ("prior_loss", ()): (True, False),
+                ("equal", ()): (False, True), ("static", ()): (False, True),
+                ("generalized_mean", (("gamma", 0.0),)): (True, False),
+                ("generalized_mean", (("gamma", 1.0),)): (False, True),
+                ("generalized_mean", (("gamma", 2.0),)): (False, False)}
+    for (name, overrides), claims in expected.items():
+        strategy = make_strategy(name, dict(overrides))
+        assert (strategy.scale_invariant, strategy.shift_invariant) == claims, name

@@ -1,0 +1,105 @@
+"""Real-time loss normalization, eq. (4)-(6)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from mtlbench.strategies.base import LOSS_FLOOR, SetupContext
+from mtlbench.strategies.realtime import Realtime
+from mtlbench.tasks import TaskSpec
+
+
+def autograd_weights(strategy, losses):
+    x = losses.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(strategy.objective(x), x)
+    return grad
+
+
+def test_weights_and_objective_by_hand():
+    strategy = Realtime()
+    losses = torch.tensor([2.0, 0.5, 4.0], dtype=torch.float64)
+    # w_i = 1 / L_i = (0.5, 2, 0.25); every term L_i / sg(L_i) is 1, so L = n = 3
+    assert_close(strategy.weights(losses), torch.tensor([0.5, 2.0, 0.25], dtype=torch.float64),
+                 rtol=0, atol=0)
+    assert strategy.objective(losses).item() == 3.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_weights_equal_autograd_of_objective(seed):
+    gen = torch.Generator().manual_seed(seed)
+    losses = 10.0 ** (torch.rand(5, dtype=torch.float64, generator=gen) * 12 - 6)
+    strategy = Realtime()
+    assert_close(strategy.weights(losses), autograd_weights(strategy, losses), rtol=1e-14, atol=0)
+
+
+def test_zero_and_tiny_losses_are_floored():
+    w = Realtime().weights(torch.tensor([0.0, 1e-12, 1e-300, 1e8], dtype=torch.float64))
+    assert torch.isfinite(w).all()
+    assert w.tolist() == pytest.approx([1 / LOSS_FLOOR, 1 / LOSS_FLOOR, 1 / LOSS_FLOOR, 1e-8],
+                                       rel=1e-15)
+    w32 = Realtime().weights(torch.tensor([0.0, 1e8]))
+    assert w32.dtype == torch.float32 and torch.isfinite(w32).all()
+
+
+def test_objective_does_not_divide_by_zero():
+    x = torch.tensor([0.0, 3.0], dtype=torch.float64, requires_grad=True)
+    value = Realtime().objective(x)
+    (grad,) = torch.autograd.grad(value, x)
+    assert value.item() == pytest.approx(1.0)  # 0 / 1e-12 + 3 / 3
+    assert grad.tolist() == pytest.approx([1 / LOSS_FLOOR, 1 / 3], rel=1e-15)
+
+
+def test_shift_changes_weights():
+    strategy = Realtime()
+    a = strategy.weights(torch.tensor([1.0, 2.0], dtype=torch.float64))
+    b = strategy.weights(torch.tensor([1.0, 2.0 + 3.0], dtype=torch.float64))
+    # direction changes: w2/w1 goes from 1/2 to 1/5
+    assert (a[1] / a[0]).item() == pytest.approx(0.5)
+    assert (b[1] / b[0]).item() == pytest.approx(0.2)
+
+
+def test_model_gradient_is_sum_of_normalized_task_gradients():
+    """eq. (5): ∇_θ Σ L_i / sg(L_i) = Σ ∇_θ L_i / L_i, and eq. (6): = ∇_θ Σ log L_i."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    shared = torch.nn.Linear(4, 3).double()
+    heads = [torch.nn.Linear(3, 1).double(), torch.nn.Linear(3, 2).double()]
+    params = [*shared.parameters(), *(p for h in heads for p in h.parameters())]
+    x = torch.randn(8, 4, dtype=torch.float64, generator=gen)
+    y = [torch.randn(8, 1, dtype=torch.float64, generator=gen) * 100,
+         torch.randn(8, 2, dtype=torch.float64, generator=gen)]
+
+    def losses():
+        z = torch.tanh(shared(x))
+        return torch.stack([((h(z) - t) ** 2).mean() for h, t in zip(heads, y, strict=True)])
+
+    strategy = Realtime()
+    got = torch.autograd.grad(strategy.objective(losses()), params)
+    values = losses()
+    per_task = [torch.autograd.grad(values[i], params, retain_graph=True, allow_unused=True)
+                for i in range(2)]
+    for j, p in enumerate(params):
+        expected = sum(torch.zeros_like(p) if g[j] is None else g[j] / values[i].detach()
+                       for i, g in enumerate(per_task))
+        assert_close(got[j], expected, rtol=1e-12, atol=1e-15)
+    logs = torch.autograd.grad(losses().log().sum(), params)
+    for a, b in zip(got, logs, strict=True):
+        assert_close(a, b, rtol=1e-12, atol=1e-15)
+    # the loop applies Σ sg(w_i) L_i: the same gradient
+    loop = torch.autograd.grad((strategy.weights(values.detach()) * losses()).sum(), params)
+    for a, b in zip(got, loop, strict=True):
+        assert_close(a, b, rtol=1e-12, atol=1e-15)
+
+
+def test_setup_and_state_dict_are_trivial():
+    strategy = Realtime()
+    strategy.setup(SetupContext(tasks=[TaskSpec("a", "regression", 1)]))
+    assert strategy.state_dict() == {}
+    strategy.load_state_dict({})
+
+
+def test_invariance_claims():
+    assert Realtime.scale_invariant is True
+    assert Realtime.shift_invariant is False
