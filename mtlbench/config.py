@@ -16,8 +16,10 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from mtlbench.data.gradnorm_toy import GradNormToyDataConfig
+from mtlbench.data.pairs import MultiFashionConfig, MultiFashionMNISTConfig, MultiMNISTConfig
 from mtlbench.data.synthetic import SyntheticDataConfig
 from mtlbench.errors import ConfigError
+from mtlbench.models.lenet import LeNetConfig
 from mtlbench.models.mlp import MLPConfig
 
 #: Schemas of the group options: (group, name) → dataclass. A YAML option extends one with
@@ -26,6 +28,10 @@ SCHEMAS: dict[tuple[str, str], type] = {
     ("data", "synthetic"): SyntheticDataConfig,
     ("data", "gradnorm_toy"): GradNormToyDataConfig,
     ("model", "mlp"): MLPConfig,
+    ("data", "multimnist"): MultiMNISTConfig,
+    ("data", "multifashion"): MultiFashionConfig,
+    ("data", "multifashion_mnist"): MultiFashionMNISTConfig,
+    ("model", "lenet"): LeNetConfig,
 }
 
 

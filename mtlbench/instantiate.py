@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any
 
 from hydra.errors import InstantiationException
@@ -21,6 +22,13 @@ def accepted_parameters(target: str) -> list[str]:
             if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n != "self"]
 
 
+def with_group_prefix(message: str, group: str) -> str:
+    """Name hyperparameters by their config key: ``Parameter `gamma`… `gamma = nan``` becomes
+    ``Parameter `strategy.gamma`… `strategy.gamma = nan``` (names already prefixed are kept)."""
+    return re.sub(r"(Parameter `|Found `)(?!" + re.escape(group) + r"\.)(\w)", rf"\1{group}.\2",
+                  message)
+
+
 def instantiate_group(group: str, node: Any, **kwargs: Any) -> Any:
     """``instantiate(node, **kwargs)``; a :class:`MtlbenchError` raised by the target is re-raised as
     is, and an unknown keyword becomes a :class:`ConfigError` listing the accepted parameters."""
@@ -29,7 +37,7 @@ def instantiate_group(group: str, node: Any, **kwargs: Any) -> Any:
     except InstantiationException as exc:
         cause = exc.__cause__
         if isinstance(cause, MtlbenchError):
-            raise cause from None
+            raise type(cause)(with_group_prefix(str(cause), group)) from None
         if isinstance(cause, TypeError):
             target = str(node["_target_"])
             accepted = [p for p in accepted_parameters(target) if p not in kwargs]
