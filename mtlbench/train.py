@@ -23,11 +23,17 @@ from mtlbench import checkpoint
 from mtlbench.config import validate
 from mtlbench.data import MultiTaskData, Split, build_data
 from mtlbench.errors import TrainingDiverged
+from mtlbench.gradients import (
+    TaskGradients,
+    combine,
+    cosines,
+    split_forward,
+    task_gradients,
+)
 from mtlbench.instantiate import instantiate_group
-from mtlbench.gradients import TaskGradients, cosines, task_gradients
 from mtlbench.models.multitask import MultiTaskModel, build_model
 from mtlbench.progress import Progress
-from mtlbench.strategies.base import SetupContext, Strategy
+from mtlbench.strategies.base import GradientStats, SetupContext, Strategy
 from mtlbench.tasks import TaskSpec
 from mtlbench.tb import RunLogger, flatten_hparams
 
@@ -84,47 +90,74 @@ def measure_losses(model: MultiTaskModel, data: MultiTaskData, batches: int, bat
 # ----------------------------------------------------------------------------- one step
 @dataclass
 class StepResult:
+    """What one step leaves for logging: detached losses [n], effective weights [n], the
+    per-task gradient statistics (norms [n], Gramian [n, n]; None for loss-side strategies) and
+    whether the step was applied. Only statistics are kept, not the per-task gradients (which would
+    double peak memory across steps)."""
+
     losses: Tensor
     weights: Tensor
-    grads: TaskGradients | None
+    grads: GradientStats | None
     finite: bool
 
 
 def backward_weighted(model: MultiTaskModel, losses: Tensor, weights: Tensor,
-                      grads: TaskGradients | None) -> None:
-    """Set .grad to the gradient of Σ w_i L_i, reusing per-task gradients when they exist."""
-    if grads is None:
-        (weights * losses).sum().backward()
+                      grads: TaskGradients | None,
+                      shared_update: list[Tensor] | None = None) -> None:
+    """Set .grad to the gradient of Σ w_i L_i, reusing per-task gradients when they exist.
+
+    With per-task gradients over all shared parameters (``grads.covers_shared``) the backbone is
+    not traversed again: the heads get ∇(Σ w_i L_i) by a backward through the heads only, and each
+    shared parameter gets Σ_i w_i g_i (or ``shared_update``, from
+    ``Strategy.combine_gradients``). Otherwise one ordinary backward of Σ w_i L_i does it all.
+    """
+    weighted = (weights.to(losses.dtype) * losses).sum()
+    if grads is None or not grads.covers_shared:
+        weighted.backward()
         return
     heads = model.head_parameters()
-    for p, g in zip(heads, torch.autograd.grad((weights * losses).sum(), heads, retain_graph=True),
-                    strict=True):
+    for p, g in zip(heads, torch.autograd.grad(weighted, heads, allow_unused=True), strict=True):
         p.grad = g
-    w = weights.to(grads.representation.dtype)
-    if grads.params and len(grads.params) == len(model.shared_parameters()):
-        for p, g in zip(grads.params, grads.per_param, strict=True):
-            p.grad = torch.tensordot(w, g, dims=1)
-    else:
-        grads.z.backward(torch.tensordot(w, grads.representation, dims=1))
+    if shared_update is None:
+        shared_update = combine(weights, grads.per_param)
+    for p, g in zip(grads.params, shared_update, strict=True):
+        p.grad = g
 
 
 def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[str, Tensor],
                strategy: Strategy, optimizer: torch.optim.Optimizer) -> StepResult:
-    """Forward, per-task losses, (gradient statistics), strategy weights, backward, optimizer step."""
+    """Forward, per-task losses, (gradient statistics), strategy weights, backward, optimizer step.
+
+    Host syncs: one for the finiteness check of the losses, weights and gradients (the ``.tolist()``
+    of logging happens only at log steps, in :func:`log_step`).
+    """
     optimizer.zero_grad(set_to_none=True)
-    z, outputs = model(x)
-    losses = task_losses(tasks, outputs, y)
-    grads = None
+    grads, shared_update = None, None
     if strategy.needs_gradients:
-        grads = task_gradients(losses, z, gradient_params(model, strategy.gradient_source))
-    weights = strategy.weights(losses.detach(), grads.stats if grads else None).detach()
-    finite = bool(torch.isfinite(losses).all() and torch.isfinite(weights).all())
+        z, aliases, outputs = split_forward(model.backbone, model.heads, x, [t.name for t in tasks])
+        losses = task_losses(tasks, outputs, y)
+        params = gradient_params(model, strategy.gradient_source)
+        grads = task_gradients(losses, z, aliases, params,
+                               covers_shared=strategy.gradient_source == "shared")
+        if strategy.combines_gradients:
+            assert grads.covers_shared, "combine_gradients needs gradient_source='shared'"
+            weights, shared_update = strategy.combine_gradients(losses.detach(), grads.per_param)
+        else:
+            weights = strategy.weights(losses.detach(), grads.stats)
+    else:
+        outputs = model(x)[1]
+        losses = task_losses(tasks, outputs, y)
+        weights = strategy.weights(losses.detach(), None)
+    weights = weights.detach()
+    finite = bool(torch.isfinite(losses.detach()).all() & torch.isfinite(weights).all())
     if finite:
-        backward_weighted(model, losses, weights, grads)
-        finite = all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        backward_weighted(model, losses, weights, grads, shared_update)
+        grad_list = [p.grad for p in model.parameters() if p.grad is not None]
+        # max |g| over all gradients in one fused reduction (no per-parameter sync; no overflow)
+        finite = bool(torch.isfinite(torch.nn.utils.get_total_norm(grad_list, math.inf)))
     if finite:
         optimizer.step()
-    return StepResult(losses.detach(), weights, grads, finite)
+    return StepResult(losses.detach(), weights, grads.stats if grads is not None else None, finite)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -154,7 +187,7 @@ def log_step(logger: RunLogger, tasks: list[TaskSpec], step: int, result: StepRe
     logger.scalars("train/loss", dict(zip(names, result.losses.tolist(), strict=True)), step)
     logger.scalars("train/weight", dict(zip(names, result.weights.tolist(), strict=True)), step)
     if with_grads and result.grads is not None:
-        stats = result.grads.stats
+        stats = result.grads
         logger.scalars("train/grad_norm", dict(zip(names, stats.norms.tolist(), strict=True)), step)
         cos = cosines(stats.gramian)
         pairs = {f"{a}__{b}": float(cos[i, j]) for i, a in enumerate(names)

@@ -60,9 +60,39 @@ class Strategy:
 
     needs_gradients: bool = False
     gradient_source: str = "shared"
+    #: Claims checked by ``tests/strategies/test_properties.py`` for every ``conf/strategy/*.yaml``.
+    #: ``scale_invariant``: multiplying one task's loss by λ > 0 (``data.tasks.<t>.loss_scale``)
+    #: leaves the whole update's direction (heads and shared) unchanged, i.e. w_k(λ) · λ = c · w_k
+    #: and w_i(λ) = c · w_i. ``shift_invariant``: adding a constant to one task's loss
+    #: (``loss_shift``; gradients unchanged) leaves it unchanged, i.e. w(shifted) = c · w.
+    #: Default: no claim. A subclass sets the class attribute, or the instance attribute in
+    #: ``__init__`` when the claim depends on a hyperparameter (generalized mean: γ = 0 / γ = 1).
+    scale_invariant: bool = False
+    shift_invariant: bool = False
+
+    #: Optional extension for gradient-side strategies whose shared update is not Σ_i w_i g_i (e.g.
+    #: DB-MTL's moving average of gradient *vectors*, which no per-step weights can express). When
+    #: true (only allowed with ``gradient_source = "shared"``), the loop calls
+    #: :meth:`combine_gradients` instead of :meth:`weights`. Loss-side strategies never set it.
+    combines_gradients: bool = False
 
     def setup(self, ctx: SetupContext) -> None:
         """Read statistics once before training (default: nothing)."""
+
+    def combine_gradients(self, losses: Tensor,
+                          per_task: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """The shared update from the per-task gradients themselves (see ``combines_gradients``).
+
+        Args:
+            losses: this step's task losses [n] (detached).
+            per_task: for each shared parameter p (model order), ∇_p L_i stacked, [n, *p.shape]
+                (read-only: the loop also logs their statistics).
+        Returns:
+            ``(weights, update)``: ``weights`` [n] for the heads (head i receives w_i ∇L_i; they
+            are also the logged weights) and ``update``, one tensor of shape p.shape per shared
+            parameter, written to p.grad before the optimizer step.
+        """
+        raise NotImplementedError
 
     def weights(self, losses: Tensor, grads: GradientStats | None = None) -> Tensor:
         """Effective weights w_i = ∂L/∂L_i, shape [n], for ``losses`` [n] (detached)."""

@@ -1,0 +1,223 @@
+"""gradnorm_ideal (eq. 10-11) and its DB-MTL options, against hand computations in float64."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FAST, run_cli
+from torch.testing import assert_close
+
+from mtlbench.errors import ConfigError
+from mtlbench.models.heads import make_head
+from mtlbench.models.mlp import MLPBackbone
+from mtlbench.models.multitask import MultiTaskModel
+from mtlbench.strategies.gradnorm_ideal import GradNormIdeal
+from mtlbench.tasks import TaskSpec
+from mtlbench.train import train_step
+
+F64 = torch.float64
+TASKS = [TaskSpec("c", "classification", 4), TaskSpec("r", "regression", 2, loss_scale=50.0),
+         TaskSpec("s", "regression", 1, loss_shift=3.0)]
+SOURCES = ["shared", "last_shared", "representation"]
+
+
+def setup_model(seed: int = 0) -> tuple[MultiTaskModel, torch.Tensor, dict[str, torch.Tensor]]:
+    torch.manual_seed(seed)
+    backbone = MLPBackbone(input_shape=(5,), width=7, depth=2)
+    heads = {t.name: make_head(t, backbone.out_dim) for t in TASKS}
+    model = MultiTaskModel(backbone, heads).to(F64)
+    x = torch.randn(12, 5, dtype=F64)
+    y = {"c": torch.randint(0, 4, (12,)), "r": torch.randn(12, 2, dtype=F64),
+         "s": torch.randn(12, 1, dtype=F64)}
+    return model, x, y
+
+
+def separate_gradients(model, x, y, source):
+    """Per task, by its own backward: (loss, ∇ over all parameters, ||∇ over source||)."""
+    out = []
+    for task in TASKS:
+        model.zero_grad(set_to_none=True)
+        z, outputs = model(x)
+        loss = task.loss(outputs[task.name], y[task.name])
+        if source == "representation":
+            (gz,) = torch.autograd.grad(loss, z, retain_graph=True)
+            norm = gz.norm()
+        loss.backward()
+        grads = {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
+                 for n, p in model.named_parameters()}
+        if source != "representation":
+            src = (model.shared_parameters() if source == "shared"
+                   else model.last_shared_parameters())
+            ids = {id(p) for p in src}
+            norm = torch.cat([p.grad.reshape(-1) for p in model.parameters()
+                              if id(p) in ids]).norm()
+        out.append((loss.detach(), grads, norm))
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def step_grads(model, x, y, strategy) -> dict[str, torch.Tensor]:
+    """The .grad of every parameter after one train_step (SGD, so .grad is the update / -lr)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: keep the parameters for comparisons
+    result = train_step(model, TASKS, x, y, strategy, opt)
+    assert result.finite
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def expected(parts, coeffs) -> dict[str, torch.Tensor]:
+    return {n: sum(c * g[n] for c, (_, g, _) in zip(coeffs, parts, strict=True))
+            for n in parts[0][1]}
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_update_is_sum_of_normalized_gradients(source: str) -> None:
+    model, x, y = setup_model()
+    parts = separate_gradients(model, x, y, source)
+    got = step_grads(model, x, y, GradNormIdeal(params=source))
+    want = expected(parts, [1.0 / norm for _, _, norm in parts])
+    for name in want:  # shared parameters and every head: ∇L_i / ||g_i||
+        assert_close(got[name], want[name], rtol=1e-10, atol=1e-12)
+    if source == "shared":  # the shared part has unit-norm task components
+        shared = {n for n, _ in model.backbone.named_parameters()}
+        for _, g, norm in parts:
+            total = torch.cat([(g[n] / norm).reshape(-1) for n in g
+                               if n.removeprefix("backbone.") in shared])
+            assert_close(total.norm(), torch.tensor(1.0, dtype=F64))
+
+
+@pytest.mark.parametrize("rescale", ["mean", "max"])
+@pytest.mark.parametrize("source", SOURCES)
+def test_rescale(rescale: str, source: str) -> None:
+    model, x, y = setup_model()
+    parts = separate_gradients(model, x, y, source)
+    norms = torch.stack([n for _, _, n in parts])
+    s = norms.mean() if rescale == "mean" else norms.max()
+    got = step_grads(model, x, y, GradNormIdeal(params=source, rescale=rescale))
+    want = expected(parts, [s / n for n in norms])
+    for name in want:
+        assert_close(got[name], want[name], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("rescale", ["none", "max"])
+def test_log_losses_has_the_same_direction(rescale: str) -> None:
+    """∇ log L_i = ∇L_i / L_i: the normalized sum is the same; only s uses ||∇L_j|| / L_j."""
+    model, x, y = setup_model()
+    parts = separate_gradients(model, x, y, "shared")
+    plain = step_grads(model, x, y, GradNormIdeal(rescale=rescale))
+    logged = step_grads(model, x, y, GradNormIdeal(rescale=rescale, log_losses=True))
+    norms = torch.stack([n for _, _, n in parts])
+    losses = torch.stack([loss for loss, _, _ in parts])
+    factor = 1.0 if rescale == "none" else (norms / losses).max() / norms.max()
+    for name in plain:
+        assert_close(logged[name], factor * plain[name], rtol=1e-10, atol=1e-12)
+
+
+def test_zero_gradient_task_stays_finite() -> None:
+    model, x, y = setup_model()
+    with torch.no_grad():  # task "s": zero head weights → ∂L_s/∂z = 0 → ||g_s|| = 0
+        model.heads["s"].weight.zero_()
+    for source in SOURCES:
+        for rescale in ("none", "mean", "max"):
+            for log_losses in (False, True):
+                strategy = GradNormIdeal(params=source, rescale=rescale, log_losses=log_losses)
+                grads = step_grads(model, x, y, strategy)
+                assert all(torch.isfinite(g).all() for g in grads.values())
+    stats = type("S", (), {"norms": torch.zeros(3, dtype=F64)})()
+    w = GradNormIdeal(rescale="mean").weights(torch.zeros(3, dtype=F64), stats)
+    assert_close(w, torch.ones(3, dtype=F64))  # all zero: the plain sum, finite
+
+
+def test_db_mtl_moving_average_by_hand() -> None:
+    """Two steps of combine_gradients against ĝ ← β_t ĝ + (1-β_t) ∇log L, max||ĝ|| Σ ĝ_i/||ĝ_i||."""
+    beta, sigma = 0.8, 0.5
+    strategy = GradNormIdeal(rescale="max", log_losses=True, ema_beta=beta, ema_sigma=sigma,
+                             heads="unweighted")
+    assert strategy.combines_gradients
+    gen = torch.Generator().manual_seed(1)
+    buf = torch.zeros(3, 11, dtype=F64)
+    for t in (1, 2):
+        g = [torch.randn(3, 4, 2, generator=gen, dtype=F64), torch.randn(3, 3, generator=gen,
+                                                                         dtype=F64)]
+        losses = torch.rand(3, generator=gen, dtype=F64) + 0.1
+        heads, update = strategy.combine_gradients(losses, g)
+        h = torch.cat([gi.reshape(3, -1) for gi in g], 1) / losses[:, None]
+        bt = beta / t ** sigma
+        buf = bt * buf + (1 - bt) * h
+        norms = buf.norm(dim=1)
+        want = norms.max() * (buf / norms[:, None]).sum(0)
+        assert_close(torch.cat([u.reshape(-1) for u in update]), want, rtol=1e-12, atol=1e-12)
+        assert_close(heads, 1.0 / losses)  # DB-MTL: heads get ∇ log L_i unweighted
+    blob = io.BytesIO()  # checkpoints load with weights_only=True
+    torch.save(strategy.state_dict(), blob)
+    blob.seek(0)
+    restored = GradNormIdeal(rescale="max", log_losses=True, ema_beta=beta, ema_sigma=sigma,
+                             heads="unweighted")
+    restored.load_state_dict(torch.load(blob, weights_only=True))
+    assert restored.step == 2
+    assert_close(torch.cat([b.reshape(3, -1) for b in restored.buffer], 1), buf)
+
+
+def test_ema_zero_and_normalized_heads_reduce_to_eq11_on_the_first_step() -> None:
+    """With β = 0 the combine path (heads=unweighted off) equals the weights path."""
+    model, x, y = setup_model()
+    a = step_grads(model, x, y, GradNormIdeal(rescale="max", log_losses=True))
+    b = step_grads(model, x, y, GradNormIdeal(rescale="max", log_losses=True, ema_beta=0.5,
+                                              ema_sigma=0.0))
+    # first step: ĝ = (1-β) h, and the normalized sum with s = max||ĝ|| scales by (1-β)
+    for name in a:
+        assert_close(b[name], (0.5 if name.startswith("backbone.") else 1.0) * a[name],
+                     rtol=1e-10, atol=1e-12)
+
+
+def test_db_mtl_end_to_end_step() -> None:
+    model, x, y = setup_model()
+    strategy = GradNormIdeal(rescale="max", log_losses=True, ema_beta=0.9, heads="unweighted")
+    grads = step_grads(model, x, y, strategy)
+    parts = separate_gradients(model, x, y, "shared")
+    for i, task in enumerate(TASKS):  # heads: ∇ log L_i
+        for n in grads:
+            if n.startswith(f"heads.{task.name}."):
+                assert_close(grads[n], parts[i][1][n] / parts[i][0], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"params": "all"}, "Parameter `params` must be one of shared, last_shared, representation. "
+                        "Found `params = all`."),
+    ({"rescale": "sum"},
+     "Parameter `rescale` must be one of none, mean, max. Found `rescale = sum`."),
+    ({"ema_beta": 1.0}, "Parameter `ema_beta` must be in [0, 1). Found `ema_beta = 1.0`."),
+    ({"eps": 0.0}, "Parameter `eps` must be > 0. Found `eps = 0.0`."),
+    ({"log_losses": "yes"},
+     "Parameter `log_losses` must be true or false. Found `log_losses = yes`."),
+    ({"ema_beta": 0.5, "params": "last_shared"}, "need `params = shared`"),
+])
+def test_bad_hyperparameters(bad: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        GradNormIdeal(**bad)
+    assert message in str(info.value)
+
+
+CLI = [["strategy=gradnorm_ideal"],
+       ["strategy=gradnorm_ideal", "strategy.params=last_shared"],
+       ["strategy=gradnorm_ideal", "strategy.params=representation", "strategy.rescale=mean"],
+       ["strategy=gradnorm_ideal", "strategy.rescale=max", "strategy.log_losses=true"],
+       ["strategy=db_mtl", "model.depth=1"]]
+
+
+@pytest.mark.parametrize("args", [pytest.param(a, marks=pytest.mark.slow) if i else a
+                                  for i, a in enumerate(CLI)])
+def test_cli_end_to_end(args: list[str], tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_cli(["train", *args, *FAST, "trainer.log_every=1", "trainer.grad_log_every=2",
+                      f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (run_dir / "metrics.json").exists()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert "train/grad_norm/cls_k2" in tags and "train/grad_cos/cls_k2__reg_x100" in tags
+    assert "train/weight/reg_x100" in tags
