@@ -67,8 +67,7 @@ def test_two_job_multirun_writes_one_dir_per_job(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     found = sorted(sweep.rglob("metrics.json"))
     assert len(found) == 2
-    gammas = sorted(json.loads((p.parent / ".hydra" / "overrides.yaml").read_text() != "")
-                    and p.parent.name for p in found)
+    gammas = [p.parent.name for p in found]
     assert any("strategy.gamma=0" in g for g in gammas)
     assert any("strategy.gamma=inf" in g for g in gammas)
 
@@ -111,11 +110,8 @@ def test_bad_input_is_one_line_and_overwrites_nothing(
     sentinel_metrics, sentinel_ckpt = b'{"sentinel": true}\n', b"not touched"
     (run_dir / "metrics.json").write_bytes(sentinel_metrics)
     (run_dir / "checkpoints" / "keep.bin").write_bytes(sentinel_ckpt)
-    code, _, err = run_in_process(
-        ["train", *overrides, "trainer.max_steps=3", "trainer.device=cpu",
-         f"hydra.run.dir={run_dir}"] if "trainer.max_steps=0" not in overrides and
-        "trainer.max_steps=abc" not in overrides else
-        ["train", *overrides, f"hydra.run.dir={run_dir}"], capsys)
+    args = ["train", "trainer.max_steps=3", "trainer.device=cpu", *overrides]
+    code, _, err = run_in_process([*args, f"hydra.run.dir={run_dir}"], capsys)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code != 0
     assert len(lines) == 1, err

@@ -333,7 +333,7 @@ def test_image_datasets_select_lenet_by_default() -> None:
 
 
 def test_sk_multimnist_preset_is_the_published_protocol() -> None:
-    cfg = compose_config(["+experiment=sk_multimnist"])
+    cfg = compose_config(["experiment=sk_multimnist"])
     assert cfg.data.left_items == "mnist" and cfg.data.right_items == "mnist"
     assert cfg.data.regression is False and cfg.data.source == "torchvision" and cfg.data.download
     assert cfg.model._target_.endswith("LeNetBackbone")
@@ -347,7 +347,7 @@ def test_sk_multimnist_preset_is_the_published_protocol() -> None:
 
 @needs_mnist5k
 def test_sk_multimnist_smoke_run_offline(tmp_path: Path) -> None:
-    cfg = compose_config(["+experiment=sk_multimnist", "data.source=mnist5k",
+    cfg = compose_config(["experiment=sk_multimnist", "data.source=mnist5k",
                           "data.download=false", f"data.cache_dir={tmp_path}", "data.n_train=512",
                           "data.n_val=64", "data.n_test=64", "trainer.max_steps=4",
                           "trainer.eval_every=2", "trainer.lr_decay_every=2",

@@ -1,0 +1,101 @@
+"""Hydra callback: failed jobs are recorded (``error.json``) and summarized at the multirun's end.
+
+``cli._train`` already writes ``error.json`` for an :class:`~mtlbench.errors.MtlbenchError` and
+returns nan, so the sweep goes on. An unexpected exception is caught by Hydra's ``run_job`` (the
+other jobs of the batch still run); :meth:`JobStatusReport.on_job_end` then writes ``error.json``
+for it too, so ``mtlbench report`` lists it. With the basic sweeper, Hydra re-raises that exception
+once the batch is done (exit status 1) and skips ``on_multirun_end``; with the optuna sweeper a
+failed trial is told FAIL and the study goes on (up to ``max_failure_rate``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger("mtlbench")
+
+
+def write_error(run_dir: Path, error: BaseException) -> None:
+    """``error.json`` = ``{"error": message, "type": exception class}``, written atomically."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"error": str(error).strip().splitlines()[0] if str(error).strip() else repr(error),
+               "type": type(error).__name__}
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".error.", suffix=".json")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(payload, handle, indent=2)
+        handle.write("\n")
+    os.replace(tmp, run_dir / "error.json")
+
+
+class JobFailed(RuntimeError):
+    """A job that returned nan after writing ``error.json`` (re-raised for optimizing sweepers)."""
+
+
+def optimizing_sweeper(config: DictConfig) -> bool:
+    """Whether the sweeper optimizes the returned value (anything but Hydra's basic sweeper)."""
+    target = str(config.hydra.sweeper.get("_target_", ""))
+    return bool(target) and not target.endswith("BasicSweeper")
+
+
+def mark_nan_failed(config: DictConfig, job_return: JobReturn) -> None:
+    """Turn a nan result (``cli._train`` after a user error) into a failed job.
+
+    Optuna 2.10 refuses a nan objective with an exception inside ``study.tell`` that the Hydra
+    optuna sweeper (1.3) does not survive; a failed job instead is told as a FAIL trial and the
+    study goes on. The basic sweeper keeps nan, so a failed run does not abort a grid sweep.
+    """
+    value = job_return._return_value
+    if not (isinstance(value, float) and math.isnan(value)):
+        return
+    error_file = Path(config.hydra.runtime.output_dir) / "error.json"
+    try:
+        error = json.loads(error_file.read_text())
+        message = f"{error.get('type', 'Error')}: {error.get('error', '')}"
+    except (OSError, ValueError, AttributeError):
+        message = "the task function returned nan"
+    job_return.status = JobStatus.FAILED
+    job_return.return_value = JobFailed(message)
+
+
+class JobStatusReport(Callback):
+    """Records unexpected job failures and logs a finished / failed / unfinished summary."""
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if job_return.status == JobStatus.COMPLETED and optimizing_sweeper(config):
+            mark_nan_failed(config, job_return)
+        if job_return.status != JobStatus.FAILED:
+            return
+        run_dir = Path(config.hydra.runtime.output_dir)
+        error = job_return._return_value
+        if isinstance(error, BaseException) and not (run_dir / "error.json").exists():
+            write_error(run_dir, error)
+        log.error("Job %s failed: %s: %s", run_dir.name, type(error).__name__, error)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from mtlbench.report import find_job_dirs, read_run
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        runs = [read_run(p) for p in find_job_dirs(sweep_dir)]
+        bad = [r for r in runs if r.status != "finished"]
+        summary = (f"Multirun done in {sweep_dir}: {len(runs) - len(bad)} finished, "
+                   f"{sum(r.status == 'failed' for r in bad)} failed, "
+                   f"{sum(r.status == 'unfinished' for r in bad)} unfinished.")
+        if not bad:
+            log.info("%s Compare: mtlbench report %s", summary, sweep_dir)
+            return
+        log.warning("%s", summary)
+        for run in bad:
+            detail = f": {run.error}" if run.error else ""
+            log.warning("  %s %s%s", run.status, run.path.name, detail)

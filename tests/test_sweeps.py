@@ -1,0 +1,160 @@
+"""Multiruns: job directories, launchers (basic, joblib, submitit_local), failed jobs, presets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import FAST, REPO, run_cli
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig, OmegaConf
+
+from mtlbench.config import register_configs
+
+#: Strategies another engineer is adding concurrently (conf/strategy/<name>.yaml).
+PENDING_STRATEGIES = {"gradnorm_ideal", "gradnorm", "db_mtl"}
+
+
+def experiment_key() -> str:
+    """``experiment`` once the root defaults list has an experiment slot, else ``+experiment``."""
+    defaults = yaml.safe_load((REPO / "conf" / "config.yaml").read_text())["defaults"]
+    has_slot = any(isinstance(d, dict) and any(k.endswith("experiment") for k in d)
+                   for d in defaults)
+    return "experiment" if has_slot else "+experiment"
+
+
+def compose_hydra(overrides: list[str]) -> DictConfig:
+    """The full config (hydra.* included) of a multirun with ``overrides``."""
+    register_configs()
+    with initialize_config_module(config_module="mtlbench.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+
+
+def job_dirs(sweep: Path) -> list[Path]:
+    return sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
+
+
+def test_basic_launcher_one_named_dir_per_job(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["train", "-m", "strategy=equal,realtime", *FAST, f"hydra.sweep.dir={sweep}"],
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    jobs = job_dirs(sweep)
+    assert [p.name.split(",")[0] for p in jobs] == ["0_data.n_test=64", "1_data.n_test=64"]
+    assert ["strategy=equal" in jobs[0].name, "strategy=realtime" in jobs[1].name] == [True, True]
+    assert all("trainer.device" not in p.name for p in jobs)  # excluded noisy key
+    for job in jobs:
+        assert json.loads((job / "metrics.json").read_text())["steps"] == 6
+        assert list(job.glob("events.out.tfevents.*"))
+    assert "2 finished, 0 failed, 0 unfinished" in proc.stdout + proc.stderr
+
+
+def test_jobs_differing_only_in_excluded_keys_get_their_own_dirs(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["train", "-m", "trainer.num_threads=1,2", *FAST, f"hydra.sweep.dir={sweep}"],
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    jobs = job_dirs(sweep)
+    assert len(jobs) == 2 and jobs[0].name.split("_", 1)[1] == jobs[1].name.split("_", 1)[1]
+    assert all((job / "metrics.json").is_file() for job in jobs)
+
+
+def test_user_error_in_one_job_does_not_stop_the_others(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["train", "-m", "strategy=single_task,equal", *FAST,
+                    f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    failed, finished = job_dirs(sweep)
+    assert json.loads((failed / "error.json").read_text())["type"] == "ConfigError"
+    assert (finished / "metrics.json").is_file()
+    assert "1 finished, 1 failed, 0 unfinished" in proc.stdout + proc.stderr
+
+
+def test_unexpected_exception_is_recorded_and_the_batch_completes(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["train", "-m", "optimizer._target_=no.such.Optimizer,torch.optim.Adam", *FAST,
+                    f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    # Hydra's basic sweeper re-raises a job's unexpected exception after the batch: exit status 1
+    assert proc.returncode == 1
+    failed, finished = job_dirs(sweep)
+    assert "no.such.Optimizer" in failed.name
+    assert json.loads((failed / "error.json").read_text())["type"] == "InstantiationException"
+    assert (finished / "metrics.json").is_file()
+
+
+def test_joblib_launcher_runs_two_jobs(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["train", "-m", "seed=0,1", *FAST, "hydra/launcher=joblib",
+                    "hydra.launcher.n_jobs=2", "trainer.num_threads=1",
+                    f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    seeds = sorted(json.loads((j / "metrics.json").read_text())["seed"] for j in job_dirs(sweep))
+    assert seeds == [0, 1]
+    assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_submitit_local_keeps_its_folder_inside_the_sweep(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["train", "-m", "seed=0,1", *FAST, "hydra/launcher=submitit_local",
+                    "hydra.launcher.timeout_min=5", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert all((j / "metrics.json").is_file() for j in job_dirs(sweep))
+    assert (sweep / ".submitit").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]
+
+
+def test_slurm_preset_puts_submitit_folder_in_the_sweep_dir() -> None:
+    cfg = compose_hydra(["hydra/launcher=slurm", "hydra.sweep.dir=/x/sweep"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert OmegaConf.select(cfg, "hydra.launcher.submitit_folder") == "/x/sweep/.submitit/%j"
+    assert launcher.gres is None and launcher.array_parallelism > 0
+
+
+def test_gamma_sweep_preset() -> None:
+    cfg = compose_hydra([f"{experiment_key()}=gamma_sweep"])
+    params = cfg.hydra.sweeper.params
+    assert cfg.strategy._target_.endswith("GeneralizedMean")
+    assert str(params["strategy.gamma"]).split(",") == \
+        ["-inf", "-2", "-1", "-0.5", "0", "0.5", "1", "2", "inf"]
+    assert str(params.seed) == "0,1,2"
+
+
+def test_comparison_presets_cover_strategies_and_one_baseline_per_task() -> None:
+    existing = {p.stem for p in (REPO / "conf" / "strategy").glob("*.yaml")}
+    for preset in ("strategy_comparison", "invariance_audit"):
+        cfg = compose_hydra([f"{experiment_key()}={preset}"])
+        listed = set(str(cfg.hydra.sweeper.params.strategy).split(","))
+        assert listed - existing <= PENDING_STRATEGIES, preset
+        assert {"equal", "realtime", "geometric", "init_loss", "prior_loss"} <= listed
+    stl = compose_hydra([f"{experiment_key()}=strategy_comparison_stl"])
+    assert stl.strategy._target_.endswith("SingleTask")
+    assert set(str(stl.hydra.sweeper.params["data.only"]).split(",")) == set(stl.data.tasks)
+    mtl = compose_hydra([f"{experiment_key()}=strategy_comparison"])
+    assert Path(stl.hydra.sweep.dir).parent == Path(mtl.hydra.sweep.dir).parent
+
+
+def test_optuna_preset() -> None:
+    cfg = compose_hydra([f"{experiment_key()}=optuna_gamma"])
+    sweeper = cfg.hydra.sweeper
+    assert "optuna" in sweeper._target_ and sweeper.direction == "maximize"
+    assert cfg.trainer.report_metric == "val/accuracy/cls_k10"
+    assert "strategy.gamma" in sweeper.params and sweeper.max_failure_rate == 1.0
+
+
+@pytest.mark.slow
+def test_optuna_study_survives_a_failing_trial(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["train", "-m", f"{experiment_key()}=optuna_gamma", *FAST,
+                    "hydra.sweeper.n_trials=3", "strategy.gamma=choice(nan,1.0)",
+                    "hydra.sweeper.sampler.seed=0", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert "Failed experiment: ConfigError" in output
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["best_params"]["strategy.gamma"] == 1.0
+    statuses = sorted((j / "error.json").is_file() for j in job_dirs(sweep))
+    assert statuses[0] is False and statuses[-1] is True
