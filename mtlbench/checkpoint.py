@@ -1,8 +1,8 @@
 """Atomic checkpoints in ``<run_dir>/checkpoints/`` and automatic resume from the newest one.
 
 A checkpoint holds the model, optimizer, LR scheduler and strategy state, the RNG states of torch
-(CPU and CUDA), numpy and Python, and the step. The data order is a pure function of (seed, step), so
-the step is the data position. Files are written to a temp file, fsync'ed and renamed, so a crash
+(CPU and CUDA), numpy and Python, and the step. The data order is a pure function of (seed, step),
+so the step is the data position. Files are written to a temp file, fsync'ed and renamed, so a crash
 during a write leaves the previous checkpoint intact; they load with ``weights_only=True``.
 """
 
@@ -104,7 +104,8 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.opti
 
 def resume(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
            scheduler: Any, strategy: Any) -> int:
-    """Load the newest checkpoint of ``run_dir`` if any; returns the step to continue from (0 if none).
+    """Load the newest checkpoint of ``run_dir`` if any; returns the step to continue from (0 if
+    none).
 
     A checkpoint that cannot be read is reported (with its path) and training refuses to start.
     """

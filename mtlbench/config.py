@@ -120,14 +120,17 @@ def validate(cfg: DictConfig) -> None:
         _positive_int(f"trainer.{key}", t[key], minimum=0)
     if not DEVICE_PATTERN.match(str(t.device)):
         raise ConfigError(
-            f"`trainer.device` must be auto, cpu, cuda, cuda:N or mps. Found `trainer.device = {t.device}`."
+            "`trainer.device` must be auto, cpu, cuda, cuda:N or mps. "
+            f"Found `trainer.device = {t.device}`."
         )
     _choice("trainer.progress", t.progress, ("auto", "on", "off"))
     _choice("trainer.resume", t.resume, ("auto", "fresh"))
     _choice("trainer.on_nonfinite", t.on_nonfinite, ("error", "skip_step"))
     lr = cfg.optimizer.get("lr")
     if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ConfigError(f"`optimizer.lr` must be a finite number > 0. Found `optimizer.lr = {lr}`.")
+        raise ConfigError(
+            f"`optimizer.lr` must be a finite number > 0. Found `optimizer.lr = {lr}`."
+        )
     if not (0 < t.lr_decay <= 1):
         raise ConfigError(
             f"`trainer.lr_decay` must be in (0, 1]. Found `trainer.lr_decay = {t.lr_decay}`."

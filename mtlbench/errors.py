@@ -6,7 +6,8 @@ class MtlbenchError(Exception):
 
 
 class ConfigError(MtlbenchError, ValueError):
-    """A configuration value is invalid. The message names the key, the value and what is accepted."""
+    """A configuration value is invalid. The message names the key, the value and what is
+    accepted."""
 
 
 class DataError(MtlbenchError):

@@ -1,4 +1,5 @@
-"""Hydra ``instantiate`` for a config group, with constructor errors turned into one-line messages."""
+"""Hydra ``instantiate`` for a config group, with constructor errors turned into one-line
+messages."""
 
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ def with_group_prefix(message: str, group: str) -> str:
 
 
 def instantiate_group(group: str, node: Any, **kwargs: Any) -> Any:
-    """``instantiate(node, **kwargs)``; a :class:`MtlbenchError` raised by the target is re-raised as
-    is, and an unknown keyword becomes a :class:`ConfigError` listing the accepted parameters."""
+    """``instantiate(node, **kwargs)``; a :class:`MtlbenchError` raised by the target is re-raised
+    as is, and an unknown keyword becomes a :class:`ConfigError` listing the accepted parameters."""
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as exc:

@@ -1,7 +1,8 @@
 """A minimal one-line progress bar on stderr for interactive single runs.
 
-It redraws in place with a carriage return and is cleared before every log line, so Hydra's log lines
-never get mixed into it. Disabled (no output at all) in multirun jobs and when stderr is not a tty.
+It redraws in place with a carriage return and is cleared before every log line, so Hydra's log
+lines never get mixed into it. Disabled (no output at all) in multirun jobs and when stderr is not a
+tty.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""Task specifications: a task's kind, its loss (with the loss transform), metrics and loss statistics.
+"""Task specifications: a task's kind, its loss (with the loss transform), metrics and loss
+statistics.
 
-Every statistic a strategy uses (initial loss, prior loss, real-time loss) is of the *transformed* loss
-``loss_scale * raw_loss + loss_shift``; the two knobs exist to reproduce the post's invariance claims
-(scale: eq. 2-4, 7, 10-11; shift: eq. 10-11 only).
+Every statistic a strategy uses (initial loss, prior loss, real-time loss) is of the *transformed*
+loss ``loss_scale * raw_loss + loss_shift``; the two knobs exist to reproduce the post's invariance
+claims (scale: eq. 2-4, 7, 10-11; shift: eq. 10-11 only).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ class TaskSpec:
     Parameters:
         name: the task's name (a key of ``data.tasks``).
         kind: ``classification`` (K-way cross-entropy, metric accuracy) or ``regression``
-            (mean squared error averaged over the batch *and* the ``d`` output dimensions, metric mse).
+            (mean squared error averaged over the batch *and* the ``d`` output dimensions, metric
+            mse).
         out_dim: K (number of classes) for classification, d (target dimension) for regression.
         loss_scale: λ > 0 in ``λ * raw_loss + c``.
         loss_shift: c in ``λ * raw_loss + c``.
@@ -58,7 +60,9 @@ class TaskSpec:
                 f"`{key}.loss_scale` must be a finite number > 0. Found `{self.loss_scale}`."
             )
         if not math.isfinite(self.loss_shift):
-            raise ConfigError(f"`{key}.loss_shift` must be a finite number. Found `{self.loss_shift}`.")
+            raise ConfigError(
+                f"`{key}.loss_shift` must be a finite number. Found `{self.loss_shift}`."
+            )
 
     @property
     def is_classification(self) -> bool:
@@ -92,8 +96,9 @@ class TaskSpec:
     def derived_init_loss(self, targets: Tensor) -> float:
         """Eq. (2), derived: the loss of a model whose outputs are exactly 0.
 
-        Classification: zero logits give the uniform softmax, so L = log K. Regression: the prediction
-        0 gives L = E||y||² / d (the loss averages over the d dimensions). Returned after the transform.
+        Classification: zero logits give the uniform softmax, so L = log K. Regression: the
+        prediction 0 gives L = E||y||² / d (the loss averages over the d dimensions). Returned after
+        the transform.
         """
         if self.is_classification:
             raw = math.log(self.out_dim)
@@ -104,8 +109,8 @@ class TaskSpec:
     def prior_loss(self, targets: Tensor) -> float:
         """Eq. (3): the loss of a model that knows only the label distribution of ``targets``.
 
-        Classification with class frequencies p_k: the entropy -Σ p_k log p_k. Regression: predicting
-        the mean μ gives E||y - μ||² / d. Returned after the transform.
+        Classification with class frequencies p_k: the entropy -Σ p_k log p_k. Regression:
+        predicting the mean μ gives E||y - μ||² / d. Returned after the transform.
         """
         if self.is_classification:
             counts = torch.bincount(targets.long(), minlength=self.out_dim).double()

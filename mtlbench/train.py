@@ -1,4 +1,5 @@
-"""The training loop, top to bottom: build → strategy setup → steps → evaluate → checkpoint → metrics.
+"""The training loop, top to bottom: build → strategy setup → steps → evaluate → checkpoint →
+metrics.json.
 
 This is the only module that calls ``backward()`` and ``optimizer.step()``.
 """
@@ -22,7 +23,7 @@ from torch import Tensor
 from mtlbench import checkpoint
 from mtlbench.config import validate
 from mtlbench.data import MultiTaskData, Split, build_data
-from mtlbench.errors import TrainingDiverged
+from mtlbench.errors import ConfigError, TrainingDiverged
 from mtlbench.gradients import (
     TaskGradients,
     combine,
@@ -55,8 +56,8 @@ def seed_everything(seed: int) -> None:
 
 
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> Tensor:
-    """Indices of training batch ``step``: epoch e is a permutation seeded by (seed, e), last partial
-    batch dropped. A pure function of ``step``, so resuming needs no data-order state but the step."""
+    """Indices of training batch ``step``: epoch e is a permutation seeded by (seed, e), the last
+    partial batch dropped. A pure function of ``step``, so resuming needs no data-order state."""
     per_epoch = max(n // batch_size, 1)
     epoch, i = divmod(step, per_epoch)
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -64,7 +65,8 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> Tensor:
     return perm[i * batch_size:(i + 1) * batch_size]
 
 
-def task_losses(tasks: list[TaskSpec], outputs: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
+def task_losses(tasks: list[TaskSpec], outputs: dict[str, Tensor],
+                targets: dict[str, Tensor]) -> Tensor:
     """The vector of transformed task losses [n], in task order."""
     return torch.stack([t.loss(outputs[t.name], targets[t.name]) for t in tasks])
 
@@ -81,7 +83,8 @@ def measure_losses(model: MultiTaskModel, data: MultiTaskData, batches: int, bat
     """Mean transformed loss per task over ``batches`` training batches (eq. 2, measured)."""
     total = torch.zeros(len(data.tasks), dtype=torch.float64)
     for b in range(batches):
-        idx = batch_indices(b, len(data.train), batch_size, seed + 7919).to(data.train.inputs.device)
+        idx = batch_indices(b, len(data.train), batch_size, seed + 7919)
+        idx = idx.to(data.train.inputs.device)
         x, y = data.train.batch(idx)
         total += task_losses(data.tasks, model(x)[1], y).double().cpu()
     return total / batches
@@ -195,7 +198,8 @@ def log_step(logger: RunLogger, tasks: list[TaskSpec], step: int, result: StepRe
         logger.scalars("train/grad_cos", pairs, step)
 
 
-def log_eval(logger: RunLogger, prefix: str, metrics: dict[str, dict[str, float]], step: int) -> None:
+def log_eval(logger: RunLogger, prefix: str, metrics: dict[str, dict[str, float]],
+             step: int) -> None:
     for task, values in metrics.items():
         for metric, value in values.items():
             logger.writer.add_scalar(f"{prefix}/{metric}/{task}", value, step)
@@ -206,12 +210,14 @@ def summary_table(tasks: list[TaskSpec], metrics: dict[str, dict[str, float]]) -
     rows = [f"{'task':<16} {'kind':<14} {'loss':>12} {'metric':>9} {'value':>12}"]
     for t in tasks:
         m = metrics[t.name]
-        rows.append(f"{t.name:<16} {t.kind:<14} {m['loss']:>12.5g} {t.metric:>9} {m[t.metric]:>12.5g}")
+        rows.append(f"{t.name:<16} {t.kind:<14} {m['loss']:>12.5g} {t.metric:>9} "
+                    f"{m[t.metric]:>12.5g}")
     return "\n".join(rows)
 
 
 # ----------------------------------------------------------------------------- the run
-def run(cfg: DictConfig, run_dir: Path, strategy_name: str, *, interactive: bool = False) -> dict[str, Any]:
+def run(cfg: DictConfig, run_dir: Path, strategy_name: str, *,
+        interactive: bool = False) -> dict[str, Any]:
     """Train one configuration in ``run_dir``; returns the metrics written to ``metrics.json``."""
     validate(cfg)
     tcfg = cfg.trainer
@@ -228,6 +234,7 @@ def run(cfg: DictConfig, run_dir: Path, strategy_name: str, *, interactive: bool
     scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, tcfg.lr_decay_every, tcfg.lr_decay)
                  if tcfg.lr_decay_every > 0 else None)
     tasks, names = data.tasks, [t.name for t in data.tasks]
+    check_report_metric(tcfg.report_metric, tasks)
 
     if tcfg.resume == "fresh":
         checkpoint.remove_all(run_dir)
@@ -286,8 +293,22 @@ def run(cfg: DictConfig, run_dir: Path, strategy_name: str, *, interactive: bool
     logger.hparams(hp, {f"hparams/test_{t.metric}/{t.name}": test[t.name][t.metric] for t in tasks})
     logger.close()
     write_json_atomic(run_dir / "metrics.json", metrics)
-    log.info("Final test metrics (%s, seed %d):\n%s", strategy_name, cfg.seed, summary_table(tasks, test))
+    log.info("Final test metrics (%s, seed %d):\n%s", strategy_name, cfg.seed,
+             summary_table(tasks, test))
     return metrics
+
+
+def check_report_metric(name: str | None, tasks: list[TaskSpec]) -> None:
+    """``trainer.report_metric`` must be ``val|test/<metric>/<task>`` for a task of this run."""
+    if name is None:
+        return
+    accepted = [f"{split}/{t.metric}/{t.name}" for split in ("val", "test") for t in tasks]
+    accepted += [f"{split}/loss/{t.name}" for split in ("val", "test") for t in tasks]
+    if name not in accepted:
+        raise ConfigError(
+            f"`trainer.report_metric` must be one of {', '.join(sorted(accepted))}. "
+            f"Found `trainer.report_metric = {name}`."
+        )
 
 
 def _brief(tasks: list[TaskSpec], metrics: dict[str, dict[str, float]]) -> str:
@@ -298,8 +319,9 @@ def _divergence_message(step: int, names: list[str], result: StepResult, strateg
     bad = [n for n, v, w in zip(names, result.losses.tolist(), result.weights.tolist(), strict=True)
            if not (math.isfinite(v) and math.isfinite(w))]
     where = f"task {', '.join(bad)}" if bad else "the gradients"
-    return (f"Training diverged at step {step} (strategy {strategy}): non-finite values in {where}. "
-            "The last good checkpoint is kept; lower optimizer.lr or set trainer.on_nonfinite=skip_step.")
+    return (f"Training diverged at step {step} (strategy {strategy}): non-finite values in "
+            f"{where}. The last good checkpoint is kept; lower optimizer.lr or set "
+            "trainer.on_nonfinite=skip_step.")
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

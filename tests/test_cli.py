@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import FAST, REPO, run_cli
+
 from mtlbench.cli import main
 
 STRATEGIES = sorted(p.stem for p in (REPO / "conf" / "strategy").glob("*.yaml"))
@@ -32,7 +32,8 @@ def test_top_level_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) ->
 
 def test_unknown_subcommand_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_in_process(["trian"], capsys)
-    assert code == 2 and err.strip() == "mtlbench: unknown command `trian`; accepted: train, report."
+    expected = "mtlbench: unknown command `trian`; accepted: train, report."
+    assert code == 2 and err.strip() == expected
 
 
 def test_train_help_is_hydras_with_the_groups(tmp_path: Path) -> None:
@@ -96,6 +97,10 @@ BAD_INPUT = [
     (["foo=1"], ["foo"]),
     (["trainer.device=tpu"], ["trainer.device", "tpu", "cuda"]),
     (["+strategy.foo=1"], ["strategy.foo", "not a parameter"]),
+    (
+        ["trainer.report_metric=val/accuracy/nope"],
+        ["trainer.report_metric", "val/accuracy/cls_k10"],
+    ),
 ]
 if (REPO / "conf" / "strategy" / "gradnorm.yaml").exists():
     BAD_INPUT.append((["strategy=gradnorm", "strategy.alpha=-1"], ["alpha", "-1"]))

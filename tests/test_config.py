@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import FAST, REPO, compose_config
 from omegaconf import OmegaConf
 
-from conftest import FAST, REPO, compose_config
 from mtlbench.config import validate
 from mtlbench.data import build_data
 from mtlbench.instantiate import instantiate_group

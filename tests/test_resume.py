@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, compose_config, run_cli
+
 from mtlbench import checkpoint
 from mtlbench.errors import TrainingDiverged
 from mtlbench.train import run

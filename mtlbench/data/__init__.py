@@ -1,4 +1,5 @@
-"""Datasets: each module's ``build(*, seed, tasks, ...)`` returns an in-memory :class:`MultiTaskData`."""
+"""Datasets: each module's ``build(*, seed, tasks, ...)`` returns an in-memory
+:class:`MultiTaskData`."""
 
 from __future__ import annotations
 

@@ -24,7 +24,8 @@ class TaskConfig:
 
 @dataclass
 class DataConfig:
-    """Schema shared by every dataset: the builder, the task table and ``only`` (single-task runs)."""
+    """Schema shared by every dataset: the builder, the task table and ``only`` (single-task
+    runs)."""
 
     _target_: str = "???"
     only: Optional[str] = None  # noqa: UP045 (OmegaConf needs typing.Optional)

@@ -1,9 +1,9 @@
 """The GradNorm paper's toy regression problem (Chen et al., ICML 2018, arXiv:1711.02257, §4).
 
 Task i: f_i(x) = σ_i · tanh((B + ε_i) x) with x ∈ R^250, outputs in R^100, B with i.i.d. N(0, 10)
-entries shared by all tasks and ε_i with i.i.d. N(0, 3.5) entries per task (the second parameter of N is
-read as the variance). The σ_i set each task's loss scale, so with σ = (1, 100) plain summation is
-dominated by the second task: the situation GradNorm (and eq. 2-11) is meant to fix.
+entries shared by all tasks and ε_i with i.i.d. N(0, 3.5) entries per task (the second parameter of
+N is read as the variance). The σ_i set each task's loss scale, so with σ = (1, 100) plain summation
+is dominated by the second task: the situation GradNorm (and eq. 2-11) is meant to fix.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def build(
 ) -> MultiTaskData:
     """Generate the toy problem deterministically from ``seed``; one regression task per σ.
 
-    ``tasks`` may give ``loss_scale``/``loss_shift`` for any of ``t0 … t{n-1}``; others use defaults.
+    ``tasks`` may give ``loss_scale``/``loss_shift`` for any of ``t0 … t{n-1}``; others use
+    defaults.
     """
     if len(sigmas) < 1:
         raise ConfigError("`data.sigmas` must list at least one σ (one task per σ).")

@@ -1,10 +1,10 @@
 """A seeded synthetic multi-task problem mixing classification and regression of different units.
 
-One random "teacher" network maps the input to a shared representation h = tanh(W₂ tanh(W₁ x)); every
-task reads h through its own random linear map, so a shared backbone helps every task. The defaults are
-the "different units" situation of eq. (1): a binary and a 10-way classification (with non-uniform class
-frequencies, so prior loss (eq. 3) differs from initial loss (eq. 2)), a 1-d regression with targets of
-order 1 and a 3-d regression with targets of order 100.
+One random "teacher" network maps the input to a shared representation h = tanh(W₂ tanh(W₁ x));
+every task reads h through its own random linear map, so a shared backbone helps every task. The
+defaults are the "different units" situation of eq. (1): a binary and a 10-way classification (with
+non-uniform class frequencies, so prior loss (eq. 3) differs from initial loss (eq. 2)), a 1-d
+regression with targets of order 1 and a 3-d regression with targets of order 100.
 """
 
 from __future__ import annotations
@@ -88,7 +88,9 @@ def build(
     for key, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test),
                        ("input_dim", input_dim), ("teacher_dim", teacher_dim)):
         if value < 1:
-            raise ConfigError(f"`data.{key}` must be an integer >= 1. Found `data.{key} = {value}`.")
+            raise ConfigError(
+                f"`data.{key}` must be an integer >= 1. Found `data.{key} = {value}`."
+            )
     if not tasks:
         raise ConfigError("`data.tasks` must define at least one task.")
     gen = torch.Generator().manual_seed(int(seed))
@@ -102,7 +104,9 @@ def build(
     for name, cfg in tasks.items():
         kind = str(cfg["kind"])
         if kind == "classification" and cfg.get("num_classes") is None:
-            raise ConfigError(f"`data.tasks.{name}.num_classes` must be set for a classification task.")
+            raise ConfigError(
+                f"`data.tasks.{name}.num_classes` must be set for a classification task."
+            )
         out_dim = cfg["num_classes"] if kind == "classification" else cfg.get("dim", 1)
         specs.append(task_spec(name, cfg, out_dim))
         targets[name] = _targets(kind, cfg, h, gen, noise)

@@ -12,7 +12,8 @@ from mtlbench.errors import ConfigError
 
 @dataclass
 class MLPConfig:
-    """Schema of ``model=mlp``: ``depth`` Linear+ReLU layers of ``width`` units, heads of ``head_hidden``."""
+    """Schema of ``model=mlp``: ``depth`` Linear+ReLU layers of ``width`` units, heads of
+    ``head_hidden``."""
 
     _target_: str = "mtlbench.models.mlp.MLPBackbone"
     width: int = 128
@@ -27,7 +28,9 @@ class MLPBackbone(nn.Module):
         super().__init__()
         for key, value in (("width", width), ("depth", depth)):
             if value < 1:
-                raise ConfigError(f"`model.{key}` must be an integer >= 1. Found `model.{key} = {value}`.")
+                raise ConfigError(
+                    f"`model.{key}` must be an integer >= 1. Found `model.{key} = {value}`."
+                )
         layers: list[nn.Module] = [nn.Flatten()]
         fan_in = math.prod(input_shape)
         for _ in range(depth):

@@ -13,7 +13,8 @@ from mtlbench.tasks import TaskSpec
 
 
 class MultiTaskModel(nn.Module):
-    """``forward(x)`` returns the shared representation z [B, D] and each task's output head_t(z)."""
+    """``forward(x)`` returns the shared representation z [B, D] and each task's output
+    head_t(z)."""
 
     def __init__(self, backbone: nn.Module, heads: dict[str, nn.Module]) -> None:
         super().__init__()

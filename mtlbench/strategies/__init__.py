@@ -1,4 +1,5 @@
-"""Loss-balancing strategies: one file each, selected by Hydra's ``_target_`` (``conf/strategy/``)."""
+"""Loss-balancing strategies: one file each, selected by Hydra's ``_target_``
+(``conf/strategy/``)."""
 
 from mtlbench.strategies.base import GradientStats, SetupContext, Strategy
 

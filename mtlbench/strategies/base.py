@@ -1,9 +1,11 @@
-"""The strategy protocol: given the task losses (and, when declared, task-gradient statistics), return
-the effective weight w_i = ∂L/∂L_i of every task. The training loop then applies the update of Σ w_i L_i.
+"""The strategy protocol: given the task losses (and, when declared, task-gradient statistics),
+return the effective weight w_i = ∂L/∂L_i of every task. The training loop then applies the update
+of Σ w_i L_i.
 
 Strategies are pure torch: they never call ``backward()`` and never touch the model. A strategy that
 needs gradient statistics sets ``needs_gradients = True`` and ``gradient_source`` (``shared``,
-``last_shared`` or ``representation``); the loop computes :class:`GradientStats` once and passes it in.
+``last_shared`` or ``representation``); the loop computes :class:`GradientStats` once and passes it
+in.
 """
 
 from __future__ import annotations
@@ -99,7 +101,8 @@ class Strategy:
         raise NotImplementedError
 
     def objective(self, losses: Tensor) -> Tensor:
-        """The strategy's scalar objective L as written in the post (differentiable in ``losses``)."""
+        """The strategy's scalar objective L as written in the post (differentiable in
+        ``losses``)."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
@@ -116,7 +119,8 @@ def floored(losses: Tensor) -> Tensor:
 
 
 def check_real(name: str, value: Any, *, allow_inf: bool = False) -> float:
-    """Validate a real hyperparameter; returns it as float or raises a one-line :class:`ConfigError`."""
+    """Validate a real hyperparameter; returns it as float or raises a one-line
+    :class:`ConfigError`."""
     accepted = "a real number or ±inf" if allow_inf else "a finite real number"
     try:
         number = float(value)
@@ -143,7 +147,8 @@ def reference_losses(values: list[float], tasks: list[TaskSpec], what: str) -> T
     for task, value in zip(tasks, values, strict=True):
         if not (math.isfinite(value) and value > 0):
             raise ConfigError(
-                f"The {what} of task `{task.name}` is {value:g}, but it must be > 0 to divide by it "
+                f"The {what} of task `{task.name}` is {value:g}, "
+                "but it must be > 0 to divide by it "
                 f"(check `data.tasks.{task.name}.loss_shift`)."
             )
     return as_loss_vector(values)
@@ -156,7 +161,8 @@ def as_loss_vector(values: list[float], like: Tensor | None = None) -> Tensor:
 
 
 class ReferenceNormalized(Strategy):
-    """Shared form of eq. (2) and (3): L = Σ_i L_i / R_i with fixed references R_i set in ``setup``."""
+    """Shared form of eq. (2) and (3): L = Σ_i L_i / R_i with fixed references R_i set in
+    ``setup``."""
 
     reference: Tensor | None = None
 

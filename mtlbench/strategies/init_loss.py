@@ -3,8 +3,9 @@
     L = Σ_i L_i / L_i^(init),   w_i = 1 / L_i^(init)
 
 ``source=measured``: L_i^(init) is the mean loss of the untrained model over ``batches`` training
-batches. ``source=derived``: outputs ≈ 0 at initialization, so L^(init) = log K (K-class cross-entropy)
-or E||y||²/d (mean squared error over d dimensions); both after the task's loss_scale/loss_shift.
+batches. ``source=derived``: outputs ≈ 0 at initialization, so L^(init) = log K (K-class
+cross-entropy) or E||y||²/d (mean squared error over d dimensions); both after the task's
+loss_scale/loss_shift.
 Scale-invariant, not shift-invariant. Source: https://kexue.fm/archives/8870 (eq. 2).
 """
 
@@ -42,6 +43,8 @@ class InitLoss(ReferenceNormalized):
         if self.source == "derived":
             values = [t.derived_init_loss(ctx.train_targets[t.name]) for t in ctx.tasks]
         else:
-            assert ctx.measure_losses is not None, "source=measured needs SetupContext.measure_losses"
+            assert ctx.measure_losses is not None, (
+                "source=measured needs SetupContext.measure_losses"
+            )
             values = ctx.measure_losses(self.batches).detach().double().cpu().tolist()
         self.reference = reference_losses(values, ctx.tasks, f"{self.source} initial loss")

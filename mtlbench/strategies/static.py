@@ -12,7 +12,13 @@ from collections.abc import Mapping
 from torch import Tensor
 
 from mtlbench.errors import ConfigError
-from mtlbench.strategies.base import GradientStats, SetupContext, Strategy, as_loss_vector, check_real
+from mtlbench.strategies.base import (
+    GradientStats,
+    SetupContext,
+    Strategy,
+    as_loss_vector,
+    check_real,
+)
 
 
 class Static(Strategy):
