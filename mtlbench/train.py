@@ -25,8 +25,7 @@ from mtlbench.config import validate
 from mtlbench.data import MultiTaskData, Split, build_data
 from mtlbench.errors import ConfigError, TrainingDiverged
 from mtlbench.gradients import (
-    TaskGradients,
-    combine,
+    apply_weighted,
     cosines,
     split_forward,
     task_gradients,
@@ -104,29 +103,6 @@ class StepResult:
     finite: bool
 
 
-def backward_weighted(model: MultiTaskModel, losses: Tensor, weights: Tensor,
-                      grads: TaskGradients | None,
-                      shared_update: list[Tensor] | None = None) -> None:
-    """Set .grad to the gradient of Σ w_i L_i, reusing per-task gradients when they exist.
-
-    With per-task gradients over all shared parameters (``grads.covers_shared``) the backbone is
-    not traversed again: the heads get ∇(Σ w_i L_i) by a backward through the heads only, and each
-    shared parameter gets Σ_i w_i g_i (or ``shared_update``, from
-    ``Strategy.combine_gradients``). Otherwise one ordinary backward of Σ w_i L_i does it all.
-    """
-    weighted = (weights.to(losses.dtype) * losses).sum()
-    if grads is None or not grads.covers_shared:
-        weighted.backward()
-        return
-    heads = model.head_parameters()
-    for p, g in zip(heads, torch.autograd.grad(weighted, heads, allow_unused=True), strict=True):
-        p.grad = g
-    if shared_update is None:
-        shared_update = combine(weights, grads.per_param)
-    for p, g in zip(grads.params, shared_update, strict=True):
-        p.grad = g
-
-
 def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[str, Tensor],
                strategy: Strategy, optimizer: torch.optim.Optimizer) -> StepResult:
     """Forward, per-task losses, (gradient statistics), strategy weights, backward, optimizer step.
@@ -137,10 +113,12 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
     optimizer.zero_grad(set_to_none=True)
     grads, shared_update = None, None
     if strategy.needs_gradients:
-        z, aliases, outputs = split_forward(model.backbone, model.heads, x, [t.name for t in tasks])
+        names = [t.name for t in tasks]
+        z, aliases, outputs = split_forward(model.backbone, model.heads, x, names)
+        heads = [list(model.heads[name].parameters()) for name in names]
         losses = task_losses(tasks, outputs, y)
         params = gradient_params(model, strategy.gradient_source)
-        grads = task_gradients(losses, z, aliases, params,
+        grads = task_gradients(losses, z, aliases, params, heads=heads,
                                covers_shared=strategy.gradient_source == "shared")
         if strategy.combines_gradients:
             assert grads.covers_shared, "combine_gradients needs gradient_source='shared'"
@@ -154,7 +132,10 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
     weights = weights.detach()
     finite = bool(torch.isfinite(losses.detach()).all() & torch.isfinite(weights).all())
     if finite:
-        backward_weighted(model, losses, weights, grads, shared_update)
+        if grads is None:
+            (weights.to(losses.dtype) * losses).sum().backward()
+        else:
+            apply_weighted(grads, weights, heads, model.shared_parameters(), shared_update)
         grad_list = [p.grad for p in model.parameters() if p.grad is not None]
         # max |g| over all gradients in one fused reduction (no per-parameter sync; no overflow)
         finite = bool(torch.isfinite(torch.nn.utils.get_total_norm(grad_list, math.inf)))
