@@ -84,6 +84,18 @@ class MultiTaskData:
         return MultiTaskData(self.tasks, self.train.to(device), self.val.to(device),
                              self.test.to(device))
 
+    @classmethod
+    def from_rows(cls, tasks: list[TaskSpec], inputs: Tensor, targets: dict[str, Tensor],
+                  n_train: int, n_val: int) -> MultiTaskData:
+        """Rows [0, n_train) are the training split, the next ``n_val`` validation, the rest
+        test."""
+        bounds = (0, n_train, n_train + n_val, inputs.shape[0])
+
+        def rows(lo: int, hi: int) -> Split:
+            return Split(inputs[lo:hi], {k: v[lo:hi] for k, v in targets.items()})
+
+        return cls(tasks, *(rows(lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False)))
+
 
 def task_spec(name: str, cfg: Mapping[str, Any], out_dim: int) -> TaskSpec:
     """Build a :class:`TaskSpec` from a ``data.tasks.<name>`` entry and the task's output size."""

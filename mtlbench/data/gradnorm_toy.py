@@ -14,7 +14,7 @@ from typing import Any, List
 
 import torch
 
-from mtlbench.data.base import DataConfig, MultiTaskData, Split, task_spec
+from mtlbench.data.base import DataConfig, MultiTaskData, task_spec
 from mtlbench.errors import ConfigError
 
 
@@ -71,8 +71,4 @@ def build(
         cfg["kind"] = "regression"
         specs.append(task_spec(name, cfg, output_dim))
 
-    def split(lo: int, hi: int) -> Split:
-        return Split(x[lo:hi], {k: v[lo:hi] for k, v in targets.items()})
-
-    return MultiTaskData(specs, split(0, n_train), split(n_train, n_train + n_val),
-                         split(n_train + n_val, n))
+    return MultiTaskData.from_rows(specs, x, targets, n_train, n_val)

@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import Tensor
 
-from mtlbench.data.base import DataConfig, MultiTaskData, Split, TaskConfig, task_spec
+from mtlbench.data.base import DataConfig, MultiTaskData, TaskConfig, task_spec
 from mtlbench.errors import ConfigError
 
 
@@ -111,8 +111,4 @@ def build(
         specs.append(task_spec(name, cfg, out_dim))
         targets[name] = _targets(kind, cfg, h, gen, noise)
 
-    def split(lo: int, hi: int) -> Split:
-        return Split(x[lo:hi], {k: v[lo:hi] for k, v in targets.items()})
-
-    return MultiTaskData(specs, split(0, n_train), split(n_train, n_train + n_val),
-                         split(n_train + n_val, n))
+    return MultiTaskData.from_rows(specs, x, targets, n_train, n_val)
