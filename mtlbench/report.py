@@ -204,10 +204,25 @@ def common_params(runs: Sequence[Run]) -> dict[str, str]:
             if not k.startswith("strategy.") and len({r.params[k] for r in runs}) == 1}
 
 
-def label_of(strategy: str, params: dict[str, str], common: dict[str, str]) -> str:
-    """``strategy key=value ...`` with the common settings left out."""
+def varying_strategy_params(runs: Sequence[Run]) -> dict[str, set[str]]:
+    """Per strategy, the ``strategy.*`` keys whose value differs between its runs (e.g. ``gamma``
+    in a γ sweep); the others are that strategy's fixed defaults and stay out of its label."""
+    values: dict[str, dict[str, set[str]]] = {}
+    for run in runs:
+        for key, value in run.params.items():
+            if key.startswith("strategy."):
+                values.setdefault(run.strategy, {}).setdefault(key, set()).add(value)
+    return {strategy: {k for k, v in keys.items() if len(v) > 1}
+            for strategy, keys in values.items()}
+
+
+def label_of(strategy: str, params: dict[str, str], common: dict[str, str],
+             varying: dict[str, set[str]] | None = None) -> str:
+    """``strategy key=value ...`` with the common settings left out and, when ``varying`` is given,
+    only the strategy hyperparameters that vary between that strategy's runs."""
     own = [f"{k.removeprefix('strategy.')}={v}" for k, v in sorted(params.items())
-           if k not in common]
+           if k not in common and (varying is None or not k.startswith("strategy.")
+                                   or k in varying.get(strategy, set()))]
     return " ".join([strategy, *own])
 
 
@@ -218,6 +233,7 @@ def std(values: Sequence[float]) -> float:
 
 def aggregate(runs: Sequence[Run], common: dict[str, str]) -> list[Row]:
     """Group finished runs by (strategy, params) and average each task's metric over seeds."""
+    varying = varying_strategy_params([r for r in runs if r.status == "finished"])
     groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[Run]] = {}
     for run in runs:
         if run.status == "finished":
@@ -232,7 +248,7 @@ def aggregate(runs: Sequence[Run], common: dict[str, str]) -> list[Row]:
                 entry["values"].append(m["value"])
         for entry in tasks.values():
             entry["mean"], entry["std"] = statistics.fmean(entry["values"]), std(entry["values"])
-        rows.append(Row(label_of(strategy, params, common), strategy, params,
+        rows.append(Row(label_of(strategy, params, common, varying), strategy, params,
                         sorted((m.seed for m in members), key=lambda s: (s is None, s or 0)),
                         tasks))
     return sorted(rows, key=lambda r: r.label)

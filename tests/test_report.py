@@ -153,3 +153,13 @@ def test_pareto_front_respects_metric_directions() -> None:
     points = [(0.9, 2.0), (0.8, 1.0), (0.7, 3.0), (0.9, 1.5)]
     # x = accuracy (higher is better), y = mse (lower is better)
     assert pareto_front(points, (True, False)) == [1, 3]
+
+
+def test_labels_show_only_the_hyperparameters_that_vary(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    for i, gamma in enumerate((0.5, 2.0)):
+        make_job(tmp_path, f"{i}_gamma={gamma}", "generalized_mean", 0, {"cls": 0.5 + i / 10},
+                 params={"gamma": gamma, "eps": 1e-8})
+    make_job(tmp_path, "2_db", "db_mtl", 0, {"cls": 0.9}, params={"ema_beta": 0.9, "eps": 1e-8})
+    labels = set(rows_by_label(report_json(capsys, str(tmp_path))))
+    assert labels == {"generalized_mean gamma=0.5", "generalized_mean gamma=2.0", "db_mtl"}
