@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 import time
 
+from torch import Tensor
+
 
 class Progress:
     def __init__(self, total: int, enabled: bool) -> None:
@@ -17,7 +19,9 @@ class Progress:
         self.start = time.perf_counter()
         self.last_draw = 0.0
 
-    def update(self, step: int, loss: float) -> None:
+    def update(self, step: int, losses: Tensor) -> None:
+        """Redraw (at most every 0.1 s) with the sum of this step's task losses; reading the
+        losses (a device sync on GPU) happens only when the bar is drawn."""
         now = time.perf_counter()
         if not self.enabled or (now - self.last_draw < 0.1 and step < self.total):
             return
@@ -26,6 +30,7 @@ class Progress:
         filled = int(width * step / self.total)
         rate = step / max(now - self.start, 1e-9)
         bar = "#" * filled + "-" * (width - filled)
+        loss = float(losses.sum())
         sys.stderr.write(f"\r[{bar}] {step}/{self.total} loss={loss:.4g} {rate:.0f} it/s")
         sys.stderr.flush()
 

@@ -254,7 +254,7 @@ def run(cfg: DictConfig, run_dir: Path, strategy_name: str, *,
         if tcfg.checkpoint_every and (step + 1) % tcfg.checkpoint_every == 0:
             checkpoint.save(run_dir, step + 1, model, optimizer, scheduler, strategy,
                             keep=tcfg.keep_checkpoints)
-        progress.update(step + 1, float(result.losses.sum()))
+        progress.update(step + 1, result.losses)
     progress.close()
 
     test = evaluate(model, tasks, data.test, tcfg.eval_batch_size)
