@@ -71,6 +71,7 @@ class TrainerConfig:
     progress: str = "auto"
     on_nonfinite: str = "error"
     num_threads: int = 0
+    retain_cpu_memory: bool = True
     report_metric: Optional[str] = None  # noqa: UP045
 
 

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from mtlbench import checkpoint
+from mtlbench.allocator import retain_freed_memory
 from mtlbench.config import validate
 from mtlbench.data import MultiTaskData, Split, build_data
 from mtlbench.errors import ConfigError, TrainingDiverged
@@ -204,6 +205,8 @@ def run(cfg: DictConfig, run_dir: Path, strategy_name: str, *,
     tcfg = cfg.trainer
     if tcfg.num_threads > 0:
         torch.set_num_threads(tcfg.num_threads)
+    if tcfg.retain_cpu_memory:
+        retain_freed_memory()
     seed_everything(cfg.seed)
     if tcfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)

@@ -32,6 +32,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from mtlbench.allocator import retain_freed_memory
 from mtlbench.errors import ConfigError
 from mtlbench.models.heads import make_head
 from mtlbench.models.mlp import MLPBackbone
@@ -42,7 +43,10 @@ from mtlbench.train import task_losses, train_step
 
 STRATEGY_DIR = Path(__file__).resolve().parents[1] / "conf" / "strategy"
 EXTRA = {"gradnorm_ideal[last_shared]": ("gradnorm_ideal", {"params": "last_shared"}),
-         "gradnorm_ideal[representation]": ("gradnorm_ideal", {"params": "representation"})}
+         "gradnorm_ideal[representation]": ("gradnorm_ideal", {"params": "representation"}),
+         # the YAML's default γ = 1 is the arithmetic mean (a constant-weight shortcut): time the
+         # log-space path too
+         "generalized_mean[gamma=0.5]": ("generalized_mean", {"gamma": 0.5})}
 
 
 def variants() -> dict[str, tuple[str, dict]]:
@@ -138,7 +142,8 @@ def bench_memory(args: argparse.Namespace, n: int) -> dict[str, float | None]:
         cmd = [sys.executable, __file__, "--child", label, "--tasks", str(n), "--steps",
                str(args.steps), "--backbone", args.backbone, "--width", str(args.width),
                "--depth", str(args.depth), "--batch", str(args.batch), "--input-dim",
-               str(args.input_dim), "--threads", str(args.threads)]
+               str(args.input_dim), "--threads", str(args.threads),
+               *(["--release-memory"] if args.release_memory else [])]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         out[label] = json.loads(res.stdout.strip().splitlines()[-1])
     return out
@@ -156,16 +161,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--memory", action="store_true", help="also peak-RSS per strategy")
+    parser.add_argument("--release-memory", action="store_true",
+                        help="keep glibc's default of returning freed memory to the OS (the "
+                             "training loop retains it: trainer.retain_cpu_memory=true)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    retained = False if args.release_memory else retain_freed_memory()
     if args.child:
         child_memory(args, args.tasks[0], args.child)
         return
     desc = ("lenet (MultiLeNet, 1x28x28)" if args.backbone == "lenet"
             else f"mlp width {args.width} depth {args.depth} input {args.input_dim}")
     print(f"# {desc}, batch {args.batch}, {args.threads} threads, torch {torch.__version__}, "
-          f"median of {args.rounds} interleaved rounds x {args.steps} steps")
+          f"median of {args.rounds} interleaved rounds x {args.steps} steps, "
+          f"freed memory {'retained' if retained else 'released'}")
     for n in args.tasks:
         times = bench_times(args, n)
         memory = bench_memory(args, n) if args.memory else {}

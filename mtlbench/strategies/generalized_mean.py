@@ -34,7 +34,9 @@ class GeneralizedMean(Strategy):
 
     def log_mean(self, losses: Tensor) -> Tensor:
         """log L(γ) for ``losses`` [n] (floored at ``LOSS_FLOOR``), in float64."""
-        log_l = floored(losses.double()).log()
+        return self._log_mean(floored(losses.double()).log())
+
+    def _log_mean(self, log_l: Tensor) -> Tensor:
         if self.gamma == 0:
             return log_l.mean()
         if math.isinf(self.gamma):
@@ -46,8 +48,10 @@ class GeneralizedMean(Strategy):
             extreme = losses.max() if self.gamma > 0 else losses.min()
             hit = (losses == extreme).to(losses.dtype)
             return hit / hit.sum()
+        if self.gamma == 1:
+            return torch.full_like(losses, 1.0 / losses.numel())  # the arithmetic mean, eq. (1)
         log_l = floored(losses.double()).log()
-        log_w = (self.gamma - 1.0) * (log_l - self.log_mean(losses)) - math.log(losses.numel())
+        log_w = (self.gamma - 1.0) * (log_l - self._log_mean(log_l)) - math.log(losses.numel())
         return log_w.exp().to(losses.dtype)
 
     def objective(self, losses: Tensor) -> Tensor:
