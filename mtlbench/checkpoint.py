@@ -83,10 +83,14 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         scheduler: Any, strategy: Any, keep: int) -> Path:
-    """Write ``checkpoints/step_<step>.pt`` atomically and delete all but the newest ``keep``."""
+         scheduler: Any, strategy: Any, keep: int, counters: dict[str, int] | None = None) -> Path:
+    """Write ``checkpoints/step_<step>.pt`` atomically and delete all but the newest ``keep``.
+
+    ``counters``: the loop's own running counts (e.g. skipped steps), restored by :func:`resume`.
+    """
     state = {
         "step": step,
+        "counters": dict(counters or {}),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -103,15 +107,15 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.opti
 
 
 def resume(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-           scheduler: Any, strategy: Any) -> int:
+           scheduler: Any, strategy: Any) -> tuple[int, dict[str, int]]:
     """Load the newest checkpoint of ``run_dir`` if any; returns the step to continue from (0 if
-    none).
+    none) and the loop's counters saved with it.
 
     A checkpoint that cannot be read is reported (with its path) and training refuses to start.
     """
     found = list_checkpoints(run_dir)
     if not found:
-        return 0
+        return 0, {}
     step, path = found[-1]
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -126,4 +130,4 @@ def resume(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimiz
             f"Checkpoint {path} is corrupt ({type(exc).__name__}); refusing to resume. "
             f"Delete it to resume from an older one, or use a new hydra.run.dir to start fresh."
         ) from None
-    return int(state["step"])
+    return int(state["step"]), dict(state.get("counters", {}))

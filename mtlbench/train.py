@@ -222,7 +222,7 @@ def run(cfg: DictConfig, run_dir: Path, strategy_name: str, *,
 
     if tcfg.resume == "fresh":
         checkpoint.remove_all(run_dir)
-    start = checkpoint.resume(run_dir, model, optimizer, scheduler, strategy)
+    start, counters = checkpoint.resume(run_dir, model, optimizer, scheduler, strategy)
     if start == 0:
         strategy.setup(SetupContext(
             tasks=tasks,
@@ -235,7 +235,7 @@ def run(cfg: DictConfig, run_dir: Path, strategy_name: str, *,
     logger = RunLogger(run_dir, names, purge_step=start or None)
     progress = Progress(tcfg.max_steps, enabled=interactive if tcfg.progress == "auto"
                         else tcfg.progress == "on")
-    skipped, started, val = 0, time.perf_counter(), {}
+    skipped, started, val = counters.get("skipped_steps", 0), time.perf_counter(), {}
     for step in range(start, tcfg.max_steps):
         idx = batch_indices(step, len(data.train), tcfg.batch_size, cfg.seed).to(device)
         x, y = data.train.batch(idx)
@@ -256,7 +256,7 @@ def run(cfg: DictConfig, run_dir: Path, strategy_name: str, *,
             log.info("step %d/%d  val %s", step + 1, tcfg.max_steps, _brief(tasks, val))
         if tcfg.checkpoint_every and (step + 1) % tcfg.checkpoint_every == 0:
             checkpoint.save(run_dir, step + 1, model, optimizer, scheduler, strategy,
-                            keep=tcfg.keep_checkpoints)
+                            keep=tcfg.keep_checkpoints, counters={"skipped_steps": skipped})
         progress.update(step + 1, result.losses)
     progress.close()
 

@@ -178,3 +178,12 @@ def test_skip_step_counts_skips_and_finishes(tmp_path: Path) -> None:
             "data.tasks.reg_x100.loss_scale=1e30", "trainer.on_nonfinite=skip_step"]
     metrics = run(compose_config(args), tmp_path, "equal")
     assert metrics["skipped_steps"] > 0
+
+
+def test_skipped_step_count_survives_a_resume(tmp_path: Path) -> None:
+    args = [*RESUME, "optimizer.lr=1e30", "data.tasks.reg_x100.loss_scale=1e30",
+            "trainer.on_nonfinite=skip_step"]
+    full = run(compose_config([*args, "trainer.max_steps=50"]), tmp_path / "full", "equal")
+    run(compose_config([*args, "trainer.max_steps=25"]), tmp_path / "part", "equal")
+    resumed = run(compose_config([*args, "trainer.max_steps=50"]), tmp_path / "part", "equal")
+    assert resumed["skipped_steps"] == full["skipped_steps"] > 25
