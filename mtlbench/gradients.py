@@ -143,7 +143,7 @@ def apply_weighted(grads: TaskGradients, weights: Tensor, heads: list[list[nn.Pa
     the requested inputs need)."""
     for w, params, task_grads in zip(weights.tolist(), heads, grads.head_grads, strict=True):
         for p, g in zip(params, task_grads, strict=True):
-            p.grad = g * w
+            p.grad = g.mul_(w)  # g is this step's own fresh gradient tensor
     if shared_update is None:
         shared_update = combine(weights, grads.per_param)
     for p, g in zip(grads.params, shared_update, strict=True):

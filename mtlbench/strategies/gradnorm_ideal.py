@@ -125,12 +125,17 @@ class GradNormIdeal(Strategy):
     def weights(self, losses: Tensor, grads: GradientStats | None = None) -> Tensor:
         """w_i = s / max(||h_i||, eps) / c_i [n] from ``grads.norms`` = ||∇_θ L_i|| [n].
 
-        With ``combines_gradients`` the loop calls :meth:`combine_gradients` instead; this is then
-        the shared part's weighting without the moving average's history."""
+        Computed in the losses' dtype (a handful of ops on [n] vectors: this runs every step). With
+        ``combines_gradients`` the loop calls :meth:`combine_gradients` instead; this is then the
+        shared part's weighting without the moving average's history."""
         assert grads is not None, "gradnorm_ideal needs gradient statistics"
-        c = self._divisors(losses.double())
-        h_norms = grads.norms.double().to(c.device) / c
-        return (self._scale(h_norms) / h_norms.clamp_min(self.eps) / c).to(losses.dtype)
+        norms = grads.norms.to(device=losses.device, dtype=losses.dtype)
+        if not self.log_losses:
+            weights = norms.clamp_min(self.eps).reciprocal()
+            return weights if self.rescale == "none" else weights * self._scale(norms)
+        c = self._divisors(losses)
+        h_norms = norms / c
+        return self._scale(h_norms) / h_norms.clamp_min(self.eps) / c
 
     # ------------------------------------------------------------------ DB-MTL moving average
     def combine_gradients(self, losses: Tensor,
