@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +20,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from mtlbench.files import write_error
+
 log = logging.getLogger("mtlbench")
-
-
-def write_error(run_dir: Path, error: BaseException) -> None:
-    """``error.json`` = ``{"error": message, "type": exception class}``, written atomically."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"error": str(error).strip().splitlines()[0] if str(error).strip() else repr(error),
-               "type": type(error).__name__}
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".error.", suffix=".json")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2)
-        handle.write("\n")
-    os.replace(tmp, run_dir / "error.json")
 
 
 class JobFailed(RuntimeError):

@@ -9,7 +9,6 @@ during a write leaves the previous checkpoint intact; they load with ``weights_o
 from __future__ import annotations
 
 import io
-import os
 import random
 import re
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from mtlbench.errors import MtlbenchError
+from mtlbench.files import atomic_write_bytes
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
@@ -26,22 +26,6 @@ _NAME = re.compile(r"^step_(\d+)\.pt$")
 
 class CheckpointError(MtlbenchError):
     """A checkpoint in the run directory cannot be loaded."""
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` via a temp file in the same folder, fsync, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:

@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mtlbench.config import register_configs
 from mtlbench.errors import MtlbenchError
+from mtlbench.files import write_error
 
 log = logging.getLogger("mtlbench")
 
@@ -35,7 +36,7 @@ commands:
 
 def _train(cfg: DictConfig) -> float:
     """The Hydra task function: one run in Hydra's output dir. Returns ``trainer.report_metric``."""
-    from mtlbench.train import run, write_json_atomic
+    from mtlbench.train import run
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -44,7 +45,7 @@ def _train(cfg: DictConfig) -> float:
     try:
         metrics = run(cfg, run_dir, strategy, interactive=single and sys.stderr.isatty())
     except MtlbenchError as exc:
-        write_json_atomic(run_dir / "error.json", {"error": str(exc), "type": type(exc).__name__})
+        write_error(run_dir, exc)
         if single:
             sys.stderr.write(f"mtlbench: error: {exc}\n")
             sys.exit(1)

@@ -83,11 +83,6 @@ def head_backward(losses: Tensor, aliases: list[Tensor],
     return torch.stack(grads[:len(aliases)]), head_grads
 
 
-def representation_gradients(losses: Tensor, aliases: list[Tensor]) -> Tensor:
-    """∂L_i/∂z for every task i, shape [n, *z.shape] (see :func:`head_backward`)."""
-    return head_backward(losses, aliases, [[] for _ in aliases])[0]
-
-
 def parameter_gradients(z: Tensor, grad_z: Tensor, params: list[nn.Parameter]) -> list[Tensor]:
     """Per-task gradients on ``params`` [n, *p.shape] from ∂L_i/∂z [n, *z.shape] by one batched VJP
     through z (``is_grads_batched``: vmap over the backward; no Python loop over tasks)."""

@@ -6,7 +6,6 @@ This is the only module that calls ``backward()`` and ``optimizer.step()``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -25,6 +24,7 @@ from mtlbench.allocator import retain_freed_memory
 from mtlbench.config import validate
 from mtlbench.data import MultiTaskData, Split, build_data
 from mtlbench.errors import ConfigError, TrainingDiverged
+from mtlbench.files import write_json_atomic
 from mtlbench.gradients import (
     apply_weighted,
     cosines,
@@ -306,8 +306,3 @@ def _divergence_message(step: int, names: list[str], result: StepResult, strateg
     return (f"Training diverged at step {step} (strategy {strategy}): non-finite values in "
             f"{where}. The last good checkpoint is kept; lower optimizer.lr or set "
             "trainer.on_nonfinite=skip_step.")
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temp file, fsync, and rename over ``path``."""
-    checkpoint.atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import REPO, compose_config, run_cli
 
-from mtlbench import checkpoint
+from mtlbench import checkpoint, files
 from mtlbench.errors import TrainingDiverged
 from mtlbench.train import run
 
@@ -118,7 +118,7 @@ def test_corrupt_checkpoint_cli_message(tmp_path: Path) -> None:
 KILL_DURING_WRITE = """
 import sys, torch
 from pathlib import Path
-from mtlbench import checkpoint
+from mtlbench import checkpoint, files
 model = torch.nn.Linear(2048, 2048)  # 16 MiB per checkpoint: writes take a while
 opt = torch.optim.SGD(model.parameters(), lr=0.1)
 class S:
@@ -154,14 +154,14 @@ def test_kill_during_checkpoint_write_keeps_previous_loadable(tmp_path: Path) ->
 def test_atomic_write_leaves_old_file_when_rename_never_happens(tmp_path: Path,
                                                                   monkeypatch) -> None:
     target = tmp_path / "metrics.json"
-    checkpoint.atomic_write_bytes(target, b"old")
+    files.atomic_write_bytes(target, b"old")
 
     def crash(*_args, **_kwargs):
         raise KeyboardInterrupt("killed before rename")
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.atomic_write_bytes(target, b"new")
+        files.atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"old"
 
 

@@ -47,10 +47,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtlbench.checkpoint import atomic_write_bytes
 from mtlbench.data.base import DataConfig, MultiTaskData, Split, task_spec
 from mtlbench.data.sources import ITEM_KINDS, ImageSplit, resolve_source
 from mtlbench.errors import ConfigError, DataError
+from mtlbench.files import atomic_write_bytes
 from mtlbench.tasks import TaskSpec
 
 log = logging.getLogger("mtlbench")
