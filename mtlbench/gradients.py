@@ -1,27 +1,33 @@
 """Per-task gradient statistics, computed by the loop when a strategy declares it needs them.
 
-The model is z = backbone(x), y_t = head_t(z). The loop runs the heads on per-task *aliases* z_t
-of z (``z.view_as(z)``, no copy, see :func:`split_forward`). Because L_t depends on z only through
-z_t, and head t's parameters only through L_t, one ordinary backward of Σ_t L_t through the (small)
-heads yields every ∂L_t/∂z *and* every head's own gradient ∇_{head_t} L_t at once, without ``vmap``.
-Then, per ``gradient_source``:
+The forward pass branches per task at one tensor s (:func:`split_forward`): the shared
+representation z, or — for ``last_shared`` when the backbone has a ``trunk``/``tail`` around a
+``nn.Linear`` last shared layer — that layer's output u. Each task runs on its own *alias* s_t of s
+(``s.view_as(s)``, no copy; for u also its own copy of the cheap ``tail``, e.g. a ReLU). Because
+L_t depends on s only through s_t, one ordinary backward of Σ_t L_t hands each alias its own
+∂L_t/∂s (caught by a hook) and each head its own ∇_{head_t} L_t, without ``vmap``.
+:func:`weighted_backward` is that single backward, re-weighted where the gradient reaches s: a hook
+on s (which runs once every ∂L_t/∂s is in, before the gradient enters the backbone) computes, per
+``gradient_source``,
 
-* ``representation``: statistics of ∂L_i/∂z themselves (the MGDA-UB trick; approximate, near free).
-* ``last_shared``: one batched vector-Jacobian product (``is_grads_batched``) from z to the last
-  shared layer's parameters only.
-* ``shared``: one batched vector-Jacobian product from z to every backbone parameter (n backward
-  passes' worth of arithmetic in one call, no Python loop over tasks).
+* ``representation``: statistics of the ∂L_i/∂z themselves (the MGDA-UB trick; near free);
+* ``last_shared``: statistics of the layer's per-task gradients from its input A and the
+  ∂L_i/∂u (:func:`linear_gramian`: either the n gradients D_iᵀA, or, when cheaper, the B×B kernel
+  A Aᵀ without forming them); without ``trunk``/``tail`` a batched VJP from z instead;
+* ``shared``: per-task gradients on every backbone parameter, by one batched vector-Jacobian product
+  from z (``is_grads_batched``: n backward passes' worth of arithmetic in one call, no Python loop),
 
-The update of Σ w_i L_i is then assembled without repeating work (:func:`apply_weighted`): head t
-gets w_t ∇_{head_t} L_t, parameters with per-task gradients get Σ_i w_i g_i, and only the remaining
-backbone parameters (none for ``shared``) get one backward from z with ∂/∂z = Σ_i w_i ∂L_i/∂z.
-
-Gramians are accumulated parameter by parameter (no concatenation into an [n, P] matrix).
+asks the strategy for the weights w_i, and sends Σ_i w_i ∂L_i/∂s on into the backbone — so every
+backbone parameter receives Σ_i w_i ∇L_i from the same backward (parameters whose per-task gradients
+are already at hand get Σ_i w_i g_i directly, and the backward skips their weight-gradient product).
+For ``shared`` the backward stops at z (the update Σ_i w_i g_i, or the strategy's own, is formed
+from the per-task gradients: no second pass through the backbone). Heads receive ∇L_i during the
+backward and are scaled by w_i afterwards.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -31,56 +37,69 @@ from mtlbench.strategies.base import GradientStats
 
 
 @dataclass
-class TaskGradients:
-    """Per-task gradients of one step.
+class Split:
+    """A forward pass branched per task at ``at`` (z, or the last shared layer's output u).
 
     Attributes:
-        z: the shared representation the gradients were taken at, [B, D].
-        representation: ∂L_i/∂z, shape [n, B, D].
-        params: the parameters of the chosen source (empty for ``representation``).
-        per_param: for each of ``params``, the stacked per-task gradients [n, *p.shape].
-        stats: norms and Gramian of the per-task gradients over the chosen source.
-        head_grads: for each task, the gradients of L_i on its own head's parameters (unweighted).
-        covers_shared: True when ``params`` are all the shared parameters
-            (``gradient_source=shared``), i.e. the update Σ w_i g_i can be formed from
-            ``per_param`` without another backward.
+        at: the branching tensor s, shape [B, ...].
+        aliases: one alias of ``at`` per task (task order).
+        outputs: each task's head output.
+        layer_input: the last shared layer's input A when ``at`` is its output, else None.
     """
 
-    z: Tensor
-    representation: Tensor
-    params: list[nn.Parameter]
+    at: Tensor
+    aliases: list[Tensor]
+    outputs: dict[str, Tensor]
+    layer_input: Tensor | None = None
+
+
+@dataclass
+class TaskGradients:
+    """Per-task gradients of one step, as the weighing callback of :func:`weighted_backward` sees
+    them.
+
+    Attributes:
+        at_split: ∂L_i/∂s at the branching tensor s, shape [n, *s.shape] (for
+            ``representation`` these are the gradients the statistics describe).
+        per_param: for each of the requested parameters, the stacked per-task gradients
+            [n, *p.shape] (empty for ``representation``, and for ``last_shared`` when the Gramian
+            came from the B×B kernel).
+        stats: norms and Gramian of the per-task gradients over the source.
+    """
+
+    at_split: Tensor
     per_param: list[Tensor]
     stats: GradientStats
-    head_grads: list[list[Tensor]]
-    covers_shared: bool = False
+
+
+#: ``weigh(grads)`` → ``(weights [n], shared_update)``; ``shared_update`` (one tensor per parameter,
+#: only when the parameters cover the whole backbone) replaces Σ_i w_i g_i, or is None.
+Weigh = Callable[[TaskGradients], tuple[Tensor, list[Tensor] | None]]
+
+
+def splits_at_last_shared(backbone: nn.Module) -> bool:
+    """Whether ``last_shared`` per-task gradients can come from the layer's input and output
+    gradients: the backbone has ``trunk``/``tail`` around an ``nn.Linear`` ``last_shared``."""
+    return (isinstance(getattr(backbone, "last_shared", None), nn.Linear)
+            and hasattr(backbone, "trunk") and hasattr(backbone, "tail"))
 
 
 def split_forward(backbone: nn.Module, heads: Mapping[str, nn.Module], x: Tensor,
-                  names: list[str]) -> tuple[Tensor, list[Tensor], dict[str, Tensor]]:
-    """Forward pass with one alias of z per task: returns ``z``, the aliases ``[z_t]`` (in the
-    order of ``names``) and ``{name: head_name(z_name)}``. Numerically identical to ``model(x)``."""
-    z = backbone(x)
-    aliases = [z.view_as(z) for _ in names]
-    return z, aliases, {name: heads[name](zt) for name, zt in zip(names, aliases, strict=True)}
-
-
-def _or_zeros(grads: tuple[Tensor | None, ...], like: list[Tensor]) -> list[Tensor]:
-    return [torch.zeros_like(t) if g is None else g for t, g in zip(like, grads, strict=True)]
-
-
-def head_backward(losses: Tensor, aliases: list[Tensor],
-                  heads: list[list[nn.Parameter]]) -> tuple[Tensor, list[list[Tensor]]]:
-    """One ordinary backward of Σ_i L_i through the heads only. Returns ∂L_i/∂z for every task,
-    shape [n, *z.shape] (L_i depends on z only through its alias z_i), and for every task the
-    gradients of L_i on its own head's parameters ``heads[i]``."""
-    flat = [p for params in heads for p in params]
-    grads = _or_zeros(torch.autograd.grad(losses.sum(), [*aliases, *flat], retain_graph=True,
-                                          allow_unused=True), [*aliases, *flat])
-    head_grads, at = [], len(aliases)
-    for params in heads:
-        head_grads.append(grads[at:at + len(params)])
-        at += len(params)
-    return torch.stack(grads[:len(aliases)]), head_grads
+                  names: list[str], at_last_shared: bool = False) -> Split:
+    """Forward pass with one alias per task of z = backbone(x) or, with ``at_last_shared``, of
+    u = last_shared(trunk(x)) (then z_t = tail(u_t) per task). Numerically identical to
+    ``model(x)``."""
+    if at_last_shared:
+        layer_input = backbone.trunk(x)
+        at = backbone.last_shared(layer_input)
+        aliases = [at.view_as(at) for _ in names]
+        zs = [backbone.tail(alias) for alias in aliases]
+    else:
+        layer_input, at = None, backbone(x)
+        aliases = [at.view_as(at) for _ in names]
+        zs = aliases
+    outputs = {name: heads[name](z) for name, z in zip(names, zs, strict=True)}
+    return Split(at, aliases, outputs, layer_input)
 
 
 def parameter_gradients(z: Tensor, grad_z: Tensor, params: list[nn.Parameter]) -> list[Tensor]:
@@ -90,6 +109,52 @@ def parameter_gradients(z: Tensor, grad_z: Tensor, params: list[nn.Parameter]) -
                                 retain_graph=True, allow_unused=True)
     return [torch.zeros((grad_z.shape[0], *p.shape), dtype=p.dtype, device=p.device) if g is None
             else g for p, g in zip(params, grads, strict=True)]
+
+
+def linear_gramian(layer_input: Tensor, grad_output: Tensor, bias: bool,
+                   method: str = "auto") -> tuple[Tensor, list[Tensor]]:
+    """Gramian of the per-task gradients of a linear layer u = A Wᵀ + b, from A and ∂L_i/∂u.
+
+    With A [B, in] and D_i = ∂L_i/∂u [B, out] (leading dimensions flattened), task i's gradient is
+    (∇_W L_i, ∇_b L_i) = (D_iᵀ A, D_iᵀ 1), so
+
+        G_ij = ⟨D_iᵀA, D_jᵀA⟩ + ⟨D_iᵀ1, D_jᵀ1⟩ = ⟨D_i, K D_j⟩,   K = A Aᵀ (+ 1 1ᵀ with a bias).
+
+    ``direct`` forms the n gradients (n·B·in·out multiply-adds) and returns them; ``kernel`` goes
+    through the B×B matrix K (B²·(in + n·out), no gradient formed; pays when B < in, out).
+    ``auto`` picks the cheaper count, charging ``kernel`` the one weight-gradient product the
+    backward then still computes.
+
+    Args:
+        layer_input: A, shape [..., in]. grad_output: D, shape [n, ..., out].
+        bias: whether the layer has a bias.
+    Returns:
+        ``(gramian [n, n], per_param)`` with per_param = [∇_W [n, out, in], (∇_b [n, out])] for
+        ``direct``, [] for ``kernel``.
+    """
+    a = layer_input.reshape(-1, layer_input.shape[-1])
+    n, rows, fan_out = grad_output.shape[0], a.shape[0], grad_output.shape[-1]
+    d = grad_output.reshape(n, rows, fan_out)
+    if method == "auto":
+        method = linear_method(layer_input, n, fan_out)
+    if method == "direct":
+        per_param = [torch.matmul(d.transpose(1, 2), a)] + ([d.sum(1)] if bias else [])
+        return gramian(per_param), per_param
+    kernel = a @ a.T
+    if bias:
+        kernel += 1
+    flat = d.reshape(n, -1)
+    return flat @ torch.matmul(kernel, d).reshape(n, -1).T, []
+
+
+def linear_method(layer_input: Tensor, n: int, fan_out: int) -> str:
+    """``direct`` or ``kernel`` for :func:`linear_gramian`, whichever needs fewer multiply-adds:
+    n·B·in·out against B²·(in + n·out) plus the weight-gradient product the backward then still
+    computes (B·in·out)."""
+    fan_in = layer_input.shape[-1]
+    rows = layer_input.numel() // max(fan_in, 1)
+    kernel = rows * rows * (fan_in + n * fan_out) + rows * fan_in * fan_out
+    return "kernel" if kernel < n * rows * fan_in * fan_out else "direct"
 
 
 def gramian(per_param: list[Tensor]) -> Tensor:
@@ -107,55 +172,81 @@ def stats_from_gramian(gram: Tensor) -> GradientStats:
     return GradientStats(norms=gram.diagonal().clamp_min(0).sqrt(), gramian=gram)
 
 
-def task_gradients(losses: Tensor, z: Tensor, aliases: list[Tensor], params: list[nn.Parameter],
-                   covers_shared: bool = False,
-                   heads: list[list[nn.Parameter]] | None = None) -> TaskGradients:
-    """Per-task gradients over ``params`` (an empty list means: over the representation z).
+def weighted_backward(losses: Tensor, split: Split, params: list[nn.Parameter],
+                      heads: list[list[nn.Parameter]], shared: list[nn.Parameter], weigh: Weigh,
+                      covers_shared: bool = False) -> tuple[Tensor, TaskGradients]:
+    """One backward of Σ_i w_i L_i with w chosen from this step's per-task gradients (module doc).
 
     Args:
-        losses: task losses [n] (attached to the graph).
-        z: the representation [B, D]; ``aliases``: its per-task aliases from :func:`split_forward`.
-        params: parameters to take per-task gradients over; [] for the representation.
-        covers_shared: whether ``params`` are all of the shared parameters (see
-            :class:`TaskGradients`).
-        heads: each task's head parameters (in task order), whose own gradients are kept.
+        losses: task losses [n] (attached to the graph); ``split``: from :func:`split_forward`.
+        params: parameters to take per-task gradients over; [] for the representation z. With
+            ``split.layer_input``, the parameters of the linear layer whose output is ``split.at``.
+        heads: each task's head parameters, in task order; ``shared``: the backbone's.
+        weigh: the strategy's decision, called once inside the backward (see :data:`Weigh`).
+        covers_shared: ``params`` are all the backbone parameters: their update is formed from
+            the per-task gradients and the backward stops at z.
+    Returns:
+        the weights [n] and the per-task gradients the weights were chosen from. Afterwards
+        ``.grad`` of every parameter holds the gradient of Σ_i w_i L_i (or the strategy's update).
     """
-    grad_z, head_grads = head_backward(losses, aliases, heads or [[] for _ in aliases])
-    if not params:
-        return TaskGradients(z, grad_z, [], [], stats_from_gramian(gramian([grad_z])),
-                             head_grads)
-    per_param = parameter_gradients(z, grad_z, params)
-    return TaskGradients(z, grad_z, params, per_param, stats_from_gramian(gramian(per_param)),
-                         head_grads, covers_shared)
+    at, aliases, layer_input = split.at, split.aliases, split.layer_input
+    method = (linear_method(layer_input, len(aliases), at.shape[-1]) if layer_input is not None
+              else "vjp")
+    alias_grads: list[Tensor | None] = [None] * len(aliases)
+    found: list[tuple[Tensor, TaskGradients]] = []
+    visited: list[bool] = []  # z's hook runs again inside the batched VJP of parameter_gradients
 
+    def keep(i: int) -> Callable[[Tensor], None]:
+        return lambda g: alias_grads.__setitem__(i, g)
 
-def apply_weighted(grads: TaskGradients, weights: Tensor, heads: list[list[nn.Parameter]],
-                   shared: list[nn.Parameter], shared_update: list[Tensor] | None = None) -> None:
-    """Set ``.grad`` to the gradient of Σ_i w_i L_i from the per-task gradients, without repeating
-    work: head i gets w_i ∇_{head_i} L_i; ``grads.params`` get Σ_i w_i g_i (or ``shared_update``);
-    the other ``shared`` parameters get one backward from z with ∂/∂z = Σ_i w_i ∂L_i/∂z (the
-    weight-gradient products of ``grads.params`` are skipped there: autograd computes only what
-    the requested inputs need)."""
-    for w, params, task_grads in zip(weights.tolist(), heads, grads.head_grads, strict=True):
-        for p, g in zip(params, task_grads, strict=True):
-            p.grad = g.mul_(w)  # g is this step's own fresh gradient tensor
-    if shared_update is None:
-        shared_update = combine(weights, grads.per_param)
-    for p, g in zip(grads.params, shared_update, strict=True):
-        p.grad = g
-    done = {id(p) for p in grads.params}
-    rest = [p for p in shared if id(p) not in done]
-    if rest:
-        grad_z = torch.tensordot(weights.to(grads.representation.dtype), grads.representation,
-                                 dims=1)
-        for p, g in zip(rest, _or_zeros(torch.autograd.grad(grads.z, rest, grad_outputs=grad_z,
-                                                            allow_unused=True), rest), strict=True):
-            p.grad = g
+    def reweigh(_sum: Tensor | None = None) -> Tensor | None:
+        """Per-task statistics and weights; returns Σ_i w_i ∂L_i/∂s (None: leave the sum)."""
+        if visited:
+            return None
+        visited.append(True)
+        grad_at = torch.stack([torch.zeros_like(at) if g is None else g for g in alias_grads])
+        if layer_input is not None:
+            gram, per_param = linear_gramian(layer_input, grad_at, len(params) > 1, method)
+        else:
+            per_param = parameter_gradients(at, grad_at, params) if params else []
+            gram = gramian(per_param or [grad_at])
+        grads = TaskGradients(grad_at, per_param, stats_from_gramian(gram))
+        weights, update = weigh(grads)
+        assert update is None or covers_shared, "a shared update needs all backbone parameters"
+        found.append((weights, grads))
+        if per_param:  # these parameters' update is at hand: Σ_i w_i g_i (or the strategy's)
+            for p, g in zip(params, update or combine(weights, per_param), strict=True):
+                p.grad = g
+        return None if covers_shared else combine(weights, [grad_at])[0]
+
+    head_params = [p for task in heads for p in task]
+    handles = [alias.register_hook(keep(i)) for i, alias in enumerate(aliases)]
+    try:  # the hooks close over the graph: remove them even on error, or it is never freed
+        if covers_shared:  # stop at z; the backbone's update comes from the per-task gradients
+            torch.autograd.backward(losses.sum(), inputs=[*head_params, *aliases])
+            reweigh()
+        else:
+            handles.append(at.register_hook(reweigh))
+            # parameters whose update reweigh() sets are left out: the backward then skips
+            # their weight-gradient products
+            # (``at`` is listed too, so that its hook runs even if nothing else is left)
+            done = {id(p) for p in params} if params and method != "kernel" else set()
+            inputs = [*head_params, *(p for p in shared if id(p) not in done), at]
+            losses.sum().backward(inputs=inputs if done else None)
+    finally:
+        for handle in handles:
+            handle.remove()
+    weights, grads = found[0]
+    for task, w in zip(heads, weights.tolist(), strict=True):
+        for p in task:
+            if p.grad is not None:
+                p.grad.mul_(w)
+    return weights, grads
 
 
 def combine(weights: Tensor, per_param: list[Tensor]) -> list[Tensor]:
     """Σ_i w_i g_i for each parameter, from per-task gradients [n, *p.shape]; weights [n]."""
-    return [torch.tensordot(weights.to(g.dtype), g, dims=1) for g in per_param]
+    return [(weights.to(g.dtype) @ g.reshape(g.shape[0], -1)).view(g.shape[1:]) for g in per_param]
 
 
 def cosines(gram: Tensor, eps: float = 1e-30) -> Tensor:

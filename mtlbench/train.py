@@ -26,10 +26,12 @@ from mtlbench.data import MultiTaskData, Split, build_data
 from mtlbench.errors import ConfigError, TrainingDiverged
 from mtlbench.files import write_json_atomic
 from mtlbench.gradients import (
-    apply_weighted,
+    TaskGradients,
+    Weigh,
     cosines,
     split_forward,
-    task_gradients,
+    splits_at_last_shared,
+    weighted_backward,
 )
 from mtlbench.instantiate import instantiate_group
 from mtlbench.models.multitask import MultiTaskModel, build_model
@@ -108,41 +110,46 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
                strategy: Strategy, optimizer: torch.optim.Optimizer) -> StepResult:
     """Forward, per-task losses, (gradient statistics), strategy weights, backward, optimizer step.
 
-    Host syncs: one for the finiteness check of the losses, weights and gradients (the ``.tolist()``
-    of logging happens only at log steps, in :func:`log_step`).
+    One backward either way; a gradient-side strategy is asked for its weights inside it, when the
+    gradient reaches the shared representation (:func:`mtlbench.gradients.weighted_backward`).
+    One host sync: the finiteness check of the losses, weights and gradients (the ``.tolist()`` of
+    logging happens only at log steps, in :func:`log_step`).
     """
     optimizer.zero_grad(set_to_none=True)
-    grads, shared_update = None, None
+    stats = None
     if strategy.needs_gradients:
-        names = [t.name for t in tasks]
-        z, aliases, outputs = split_forward(model.backbone, model.heads, x, names)
-        heads = [list(model.heads[name].parameters()) for name in names]
-        losses = task_losses(tasks, outputs, y)
-        params = gradient_params(model, strategy.gradient_source)
-        grads = task_gradients(losses, z, aliases, params, heads=heads,
-                               covers_shared=strategy.gradient_source == "shared")
-        if strategy.combines_gradients:
-            assert grads.covers_shared, "combine_gradients needs gradient_source='shared'"
-            weights, shared_update = strategy.combine_gradients(losses.detach(), grads.per_param)
-        else:
-            weights = strategy.weights(losses.detach(), grads.stats)
+        names, source = [t.name for t in tasks], strategy.gradient_source
+        split = split_forward(model.backbone, model.heads, x, names, at_last_shared=(
+            source == "last_shared" and splits_at_last_shared(model.backbone)))
+        losses = task_losses(tasks, split.outputs, y)
+        weights, grads = weighted_backward(
+            losses, split, gradient_params(model, source),
+            [model.head_parameters(name) for name in names], model.shared_parameters(),
+            strategy_weigh(strategy, losses.detach()), covers_shared=source == "shared")
+        stats = grads.stats
     else:
-        outputs = model(x)[1]
-        losses = task_losses(tasks, outputs, y)
+        losses = task_losses(tasks, model(x)[1], y)
         weights = strategy.weights(losses.detach(), None)
+        (weights.detach().to(losses.dtype) * losses).sum().backward()
     weights = weights.detach()
-    finite = bool(torch.isfinite(losses.detach()).all() & torch.isfinite(weights).all())
-    if finite:
-        if grads is None:
-            (weights.to(losses.dtype) * losses).sum().backward()
-        else:
-            apply_weighted(grads, weights, heads, model.shared_parameters(), shared_update)
-        grad_list = [p.grad for p in model.parameters() if p.grad is not None]
-        # max |g| over all gradients in one fused reduction (no per-parameter sync; no overflow)
-        finite = bool(torch.isfinite(torch.nn.utils.get_total_norm(grad_list, math.inf)))
+    grad_list = [p.grad for p in model.trainable_parameters() if p.grad is not None]
+    # max |g| over all gradients in one fused reduction (no per-parameter sync; no overflow)
+    max_grad = torch.nn.utils.get_total_norm(grad_list, math.inf)
+    finite = bool(torch.isfinite(losses.detach()).all() & torch.isfinite(weights).all()
+                  & torch.isfinite(max_grad))
     if finite:
         optimizer.step()
-    return StepResult(losses.detach(), weights, grads.stats if grads is not None else None, finite)
+    return StepResult(losses.detach(), weights, stats, finite)
+
+
+def strategy_weigh(strategy: Strategy, losses: Tensor) -> Weigh:
+    """The strategy's answer to this step's per-task gradients: its weights over their statistics,
+    or, for strategies that combine the gradients themselves, weights and shared update."""
+    def weigh(grads: TaskGradients) -> tuple[Tensor, list[Tensor] | None]:
+        if strategy.combines_gradients:
+            return strategy.combine_gradients(losses, grads.per_param)
+        return strategy.weights(losses, grads.stats), None
+    return weigh
 
 
 # ----------------------------------------------------------------------------- evaluation

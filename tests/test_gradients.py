@@ -7,7 +7,14 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from mtlbench.gradients import cosines, gramian, split_forward, task_gradients
+from mtlbench.gradients import (
+    cosines,
+    gramian,
+    linear_gramian,
+    linear_method,
+    split_forward,
+    weighted_backward,
+)
 from mtlbench.models.heads import make_head
 from mtlbench.models.mlp import MLPBackbone
 from mtlbench.models.multitask import MultiTaskModel
@@ -20,8 +27,9 @@ TASKS = [TaskSpec("c", "classification", 5), TaskSpec("r", "regression", 3, loss
 
 def make(kind: str, head_hidden: int = 0) -> tuple[MultiTaskModel, torch.Tensor, dict]:
     torch.manual_seed(0)
-    if kind == "mlp":
-        backbone: nn.Module = MLPBackbone(input_shape=(6,), width=8, depth=3)
+    if kind.startswith("mlp"):  # mlp_wide: batch 10 < width 64, so last_shared takes the kernel
+        backbone: nn.Module = MLPBackbone(input_shape=(6,), width=64 if kind == "mlp_wide" else 8,
+                                          depth=3)
         x = torch.randn(10, 6, dtype=F64)
     else:
         from mtlbench.models.lenet import LeNetBackbone
@@ -51,38 +59,101 @@ def naive(model, x, y, params, wrt_z: bool = False) -> list[torch.Tensor]:
     return rows
 
 
-BACKBONES = ["mlp", "lenet"]
+BACKBONES = ["mlp", "mlp_wide", "lenet"]
+
+
+def naive_update(model, x, y, weights) -> dict[str, torch.Tensor]:
+    """∇ Σ_i w_i L_i on every parameter, by plain autograd."""
+    z, outputs = model(x)
+    total = (weights * losses_of(model, outputs, y)).sum()
+    named = dict(model.named_parameters())
+    return dict(zip(named, torch.autograd.grad(total, list(named.values())), strict=True))
+
+
+def run_weighted(model, x, y, source: str, weights: torch.Tensor, split_at_last: bool = True):
+    """weighted_backward with fixed ``weights``; returns what the weighing callback saw."""
+    names = [t.name for t in TASKS]
+    params = {"shared": model.shared_parameters, "last_shared": model.last_shared_parameters,
+              "representation": list}[source]()
+    split = split_forward(model.backbone, model.heads, x, names,
+                          at_last_shared=source == "last_shared" and split_at_last)
+    seen = []
+
+    def weigh(grads):
+        seen.append(grads)
+        return weights, None
+
+    model.zero_grad(set_to_none=True)
+    got, grads = weighted_backward(
+        losses_of(model, split.outputs, y), split, params,
+        [list(model.heads[n].parameters()) for n in names], model.shared_parameters(), weigh,
+        covers_shared=source == "shared")
+    assert got is weights and seen == [grads]
+    return grads, params
 
 
 @pytest.mark.parametrize("kind", BACKBONES)
-@pytest.mark.parametrize("source", ["shared", "last_shared", "representation"])
-def test_task_gradients_match_naive_autograd(kind: str, source: str) -> None:
+@pytest.mark.parametrize("source,split_at_last", [("shared", False), ("last_shared", True),
+                                                  ("last_shared", False),
+                                                  ("representation", False)])
+def test_weighted_backward_matches_naive_autograd(kind: str, source: str,
+                                                  split_at_last: bool) -> None:
+    """The statistics the strategy sees are those of separate per-task backward passes, and the
+    parameters end with ∇ Σ w_i L_i (heads and backbone), for every source and code path."""
     model, x, y = make(kind, head_hidden=4)
-    params = {"shared": model.shared_parameters, "last_shared": model.last_shared_parameters,
-              "representation": list}[source]()
+    weights = torch.tensor([0.5, 2.0, -3.0], dtype=F64)
+    grads, params = run_weighted(model, x, y, source, weights, split_at_last)
     rows = torch.stack(naive(model, x, y, params, wrt_z=source == "representation"))
-    z, aliases, outputs = split_forward(model.backbone, model.heads, x, [t.name for t in TASKS])
-    tg = task_gradients(losses_of(model, outputs, y), z, aliases, params,
-                        covers_shared=source == "shared")
-    assert_close(tg.stats.gramian, rows @ rows.T, rtol=1e-10, atol=1e-12)
-    assert_close(tg.stats.norms, rows.norm(dim=1), rtol=1e-10, atol=1e-12)
+    assert_close(grads.stats.gramian, rows @ rows.T, rtol=1e-10, atol=1e-12)
+    assert_close(grads.stats.norms, rows.norm(dim=1), rtol=1e-10, atol=1e-12)
     if source == "representation":
-        assert_close(tg.representation.reshape(len(TASKS), -1), rows, rtol=1e-10, atol=1e-12)
-    else:
-        flat = torch.cat([g.reshape(len(TASKS), -1) for g in tg.per_param], dim=1)
+        assert_close(grads.at_split.reshape(len(TASKS), -1), rows, rtol=1e-10, atol=1e-12)
+    if grads.per_param:
+        flat = torch.cat([g.reshape(len(TASKS), -1) for g in grads.per_param], dim=1)
         assert_close(flat, rows, rtol=1e-10, atol=1e-12)
-        assert [g.shape[1:] for g in tg.per_param] == [p.shape for p in params]
-    assert tg.covers_shared == (source == "shared")
+        assert [g.shape[1:] for g in grads.per_param] == [p.shape for p in params]
+    expected = naive_update(model, x, y, weights)
+    for name, p in model.named_parameters():
+        assert_close(p.grad, expected[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("method", ["direct", "kernel"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_gramian_both_methods_match_explicit_gradients(method: str, bias: bool) -> None:
+    """G_ij = <D_iᵀA, D_jᵀA> + <D_iᵀ1, D_jᵀ1> = <D_i, (AAᵀ + 11ᵀ) D_j>, leading dims flattened."""
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(2, 5, 7, generator=gen, dtype=F64)  # [..., in]: 10 rows
+    d = torch.randn(4, 2, 5, 3, generator=gen, dtype=F64)  # [n, ..., out]
+    flat_a, flat_d = a.reshape(10, 7), d.reshape(4, 10, 3)
+    rows = [torch.cat([(di.T @ flat_a).reshape(-1)] + ([di.sum(0)] if bias else []))
+            for di in flat_d]
+    explicit = torch.stack(rows)
+    gram, per_param = linear_gramian(a, d, bias, method)
+    assert_close(gram, explicit @ explicit.T, rtol=1e-12, atol=1e-12)
+    assert len(per_param) == (0 if method == "kernel" else 1 + bias)
+    if per_param:
+        assert_close(torch.cat([g.reshape(4, -1) for g in per_param], 1), explicit)
+
+
+def test_linear_method_counts_multiply_adds() -> None:
+    """kernel (B²(in + n·out) + B·in·out) wins only when the batch is small against the layer."""
+    assert linear_method(torch.zeros(128, 512), 4, 512) == "kernel"  # MLP 512: 42M+34M < 134M
+    assert linear_method(torch.zeros(128, 128), 2, 128) == "direct"  # MLP 128: 8.4M > 4.2M
+    assert linear_method(torch.zeros(256, 320), 2, 50) == "direct"  # LeNet fc
+    assert linear_method(torch.zeros(10, 64), 3, 64) == "kernel"  # "mlp_wide" above
+    assert linear_method(torch.zeros(10, 8), 3, 8) == "direct"  # "mlp" above
 
 
 def test_split_forward_equals_model_forward() -> None:
     model, x, _ = make("mlp")
-    z, aliases, outputs = split_forward(model.backbone, model.heads, x, [t.name for t in TASKS])
+    names = [t.name for t in TASKS]
     z0, out0 = model(x)
-    assert_close(z, z0, rtol=0, atol=0)
-    assert len(aliases) == len(TASKS)
-    for name in out0:
-        assert_close(outputs[name], out0[name], rtol=0, atol=0)
+    for at_last in (False, True):
+        split = split_forward(model.backbone, model.heads, x, names, at_last_shared=at_last)
+        assert len(split.aliases) == len(TASKS)
+        assert (split.layer_input is not None) == at_last
+        for name in out0:
+            assert_close(split.outputs[name], out0[name], rtol=0, atol=0)
 
 
 def test_gramian_and_cosines_by_hand() -> None:
@@ -93,3 +164,35 @@ def test_gramian_and_cosines_by_hand() -> None:
     assert_close(cos[0, 2], torch.tensor(3.0 / (3.0 * 2 ** 0.5), dtype=F64))
     assert_close(cos[0, 1], torch.tensor(0.0, dtype=F64))
     assert torch.isfinite(cosines(torch.zeros(2, 2))).all()  # zero gradients: no NaN
+
+
+def test_hooks_are_removed_when_the_strategy_fails() -> None:
+    """The hooks close over the graph; left behind, they would keep every step's graph alive."""
+    model, x, y = make("mlp")
+    names = [t.name for t in TASKS]
+    split = split_forward(model.backbone, model.heads, x, names)
+
+    def weigh(grads):
+        raise ValueError("strategy failed")
+
+    with pytest.raises(ValueError, match="strategy failed"):
+        weighted_backward(losses_of(model, split.outputs, y), split, [],
+                          [list(model.heads[n].parameters()) for n in names],
+                          model.shared_parameters(), weigh)
+    for tensor in [split.at, *split.aliases]:
+        assert not tensor._backward_hooks
+
+
+def test_model_parameter_lists_follow_freezing_and_conversion() -> None:
+    """The cached per-group parameter lists never go stale: requires_grad is read on each call and
+    ``.to()`` (which may swap parameter objects) clears the cache."""
+    model, _, _ = make("mlp")
+    assert model.trainable_parameters() == list(model.parameters())
+    assert model.head_parameters("r") == list(model.heads["r"].parameters())
+    assert model.last_shared_parameters() == list(model.backbone.last_shared.parameters())
+    model.backbone.last_shared.bias.requires_grad_(False)
+    assert model.last_shared_parameters() == [model.backbone.last_shared.weight]
+    assert len(model.shared_parameters()) == len(list(model.backbone.parameters())) - 1
+    model.to(torch.float32)
+    assert not model._param_lists
+    assert all(p.dtype == torch.float32 for p in model.trainable_parameters())

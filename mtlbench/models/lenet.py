@@ -69,5 +69,13 @@ class LeNetBackbone(nn.Module):
         """The last shared layer (GradNorm's W): the fully connected layer."""
         return self.fc
 
+    def trunk(self, x: Tensor) -> Tensor:
+        """Everything before :attr:`last_shared`: its input, the flattened conv features."""
+        return self.features(x)
+
+    def tail(self, u: Tensor) -> Tensor:
+        """Everything after :attr:`last_shared`: its output u → z = ReLU(u)."""
+        return u.relu()
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.features(x)).relu()
+        return self.tail(self.fc(self.trunk(x)))

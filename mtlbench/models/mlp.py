@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from mtlbench.errors import ConfigError
@@ -43,6 +45,17 @@ class MLPBackbone(nn.Module):
     def last_shared(self) -> nn.Module:
         """The last shared layer (GradNorm's W)."""
         return self.net[-2]
+
+    def trunk(self, x: Tensor) -> Tensor:
+        """Everything before :attr:`last_shared`: its input."""
+        # (iterating: slicing or indexing a Sequential costs microseconds per call, every step)
+        for layer in itertools.islice(self.net, len(self.net) - 2):
+            x = layer(x)
+        return x
+
+    def tail(self, u: Tensor) -> Tensor:
+        """Everything after :attr:`last_shared` (its ReLU): its output u → z."""
+        return torch.relu(u)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)

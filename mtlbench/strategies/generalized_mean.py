@@ -50,9 +50,15 @@ class GeneralizedMean(Strategy):
             return hit / hit.sum()
         if self.gamma == 1:
             return torch.full_like(losses, 1.0 / losses.numel())  # the arithmetic mean, eq. (1)
-        log_l = floored(losses.double()).log()
-        log_w = (self.gamma - 1.0) * (log_l - self._log_mean(log_l)) - math.log(losses.numel())
-        return log_w.exp().to(losses.dtype)
+        log_l = floored(losses.double()).log_()
+        log_n = math.log(losses.numel())
+        if self.gamma == 0:  # w_i = (1/n) · L(0) / L_i
+            return (log_l.mean() - log_l - log_n).exp_().to(losses.dtype)
+        # (L_i / L(γ))^γ = n·s_i with s = softmax(γ log L), so log w_i = c·log s_i + (c-1)·log n,
+        # c = (γ-1)/γ: the same value in fewer ops (this runs every step)
+        c = (self.gamma - 1.0) / self.gamma
+        log_w = torch.log_softmax(log_l.mul_(self.gamma), dim=0).mul_(c).add_((c - 1.0) * log_n)
+        return log_w.exp_().to(losses.dtype)
 
     def objective(self, losses: Tensor) -> Tensor:
         if math.isinf(self.gamma):
