@@ -13,6 +13,7 @@ from mtlbench.gradients import (
     linear_gramian,
     linear_method,
     split_forward,
+    splits_at_last_shared,
     weighted_backward,
 )
 from mtlbench.models.heads import make_head
@@ -196,3 +197,22 @@ def test_model_parameter_lists_follow_freezing_and_conversion() -> None:
     model.to(torch.float32)
     assert not model._param_lists
     assert all(p.dtype == torch.float32 for p in model.trainable_parameters())
+
+
+def test_split_at_last_shared_only_for_linear_layers_with_trunk_and_tail() -> None:
+    class NoTrunk(nn.Module):
+        last_shared = nn.Linear(3, 3)
+
+    class ConvLast(nn.Module):
+        last_shared = nn.Conv2d(1, 1, 1)
+
+        def trunk(self, x):
+            return x
+
+        def tail(self, u):
+            return u
+
+    assert splits_at_last_shared(make("mlp")[0].backbone)
+    assert splits_at_last_shared(make("lenet")[0].backbone)
+    assert not splits_at_last_shared(NoTrunk())
+    assert not splits_at_last_shared(ConvLast())
