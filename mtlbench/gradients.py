@@ -204,7 +204,8 @@ def weighted_backward(losses: Tensor, split: Split, params: list[nn.Parameter],
         if visited:
             return None
         visited.append(True)
-        grad_at = torch.stack([torch.zeros_like(at) if g is None else g for g in alias_grads])
+        parts = [torch.zeros_like(at) if g is None else g for g in alias_grads]
+        grad_at = torch.stack(parts)
         if layer_input is not None:
             gram, per_param = linear_gramian(layer_input, grad_at, len(params) > 1, method)
         else:
@@ -217,7 +218,9 @@ def weighted_backward(losses: Tensor, split: Split, params: list[nn.Parameter],
         if per_param:  # these parameters' update is at hand: Σ_i w_i g_i (or the strategy's)
             for p, g in zip(params, update or combine(weights, per_param), strict=True):
                 p.grad = g
-        return None if covers_shared else combine(weights, [grad_at])[0]
+        if covers_shared:
+            return None
+        return weighted_sum(weights, parts)
 
     head_params = [p for task in heads for p in task]
     handles = [alias.register_hook(keep(i)) for i, alias in enumerate(aliases)]
@@ -242,6 +245,16 @@ def weighted_backward(losses: Tensor, split: Split, params: list[nn.Parameter],
             if p.grad is not None:
                 p.grad.mul_(w)
     return weights, grads
+
+
+def weighted_sum(weights: Tensor, tensors: list[Tensor]) -> Tensor:
+    """Σ_i w_i t_i for same-shape tensors: one fused multiply-add per term, no stacking, no host
+    sync (cheaper than a product with the stacked tensors when they are small)."""
+    w = weights.to(tensors[0].dtype)
+    total = tensors[0] * w[0]
+    for i in range(1, len(tensors)):
+        total.addcmul_(tensors[i], w[i])
+    return total
 
 
 def combine(weights: Tensor, per_param: list[Tensor]) -> list[Tensor]:
