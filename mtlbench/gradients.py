@@ -37,7 +37,7 @@ from mtlbench.strategies.base import GradientStats
 
 
 @dataclass
-class Split:
+class BranchedForward:
     """A forward pass branched per task at ``at`` (z, or the last shared layer's output u).
 
     Attributes:
@@ -59,7 +59,7 @@ class TaskGradients:
     them.
 
     Attributes:
-        at_split: ∂L_i/∂s at the branching tensor s, shape [n, *s.shape] (for
+        at_branch: ∂L_i/∂s at the branching tensor s, shape [n, *s.shape] (for
             ``representation`` these are the gradients the statistics describe).
         per_param: for each of the requested parameters, the stacked per-task gradients
             [n, *p.shape] (empty for ``representation``, and for ``last_shared`` when the Gramian
@@ -67,7 +67,7 @@ class TaskGradients:
         stats: norms and Gramian of the per-task gradients over the source.
     """
 
-    at_split: Tensor
+    at_branch: Tensor
     per_param: list[Tensor]
     stats: GradientStats
 
@@ -85,7 +85,7 @@ def splits_at_last_shared(backbone: nn.Module) -> bool:
 
 
 def split_forward(backbone: nn.Module, heads: Mapping[str, nn.Module], x: Tensor,
-                  names: list[str], at_last_shared: bool = False) -> Split:
+                  names: list[str], at_last_shared: bool = False) -> BranchedForward:
     """Forward pass with one alias per task of z = backbone(x) or, with ``at_last_shared``, of
     u = last_shared(trunk(x)) (then z_t = tail(u_t) per task). Numerically identical to
     ``model(x)``."""
@@ -99,7 +99,7 @@ def split_forward(backbone: nn.Module, heads: Mapping[str, nn.Module], x: Tensor
         aliases = [at.view_as(at) for _ in names]
         zs = aliases
     outputs = {name: heads[name](z) for name, z in zip(names, zs, strict=True)}
-    return Split(at, aliases, outputs, layer_input)
+    return BranchedForward(at, aliases, outputs, layer_input)
 
 
 def parameter_gradients(z: Tensor, grad_z: Tensor, params: list[nn.Parameter]) -> list[Tensor]:
@@ -172,15 +172,15 @@ def stats_from_gramian(gram: Tensor) -> GradientStats:
     return GradientStats(norms=gram.diagonal().clamp_min(0).sqrt(), gramian=gram)
 
 
-def weighted_backward(losses: Tensor, split: Split, params: list[nn.Parameter],
+def weighted_backward(losses: Tensor, fwd: BranchedForward, params: list[nn.Parameter],
                       heads: list[list[nn.Parameter]], shared: list[nn.Parameter], weigh: Weigh,
                       covers_shared: bool = False) -> tuple[Tensor, TaskGradients]:
     """One backward of Σ_i w_i L_i with w chosen from this step's per-task gradients (module doc).
 
     Args:
-        losses: task losses [n] (attached to the graph); ``split``: from :func:`split_forward`.
+        losses: task losses [n] (attached to the graph); ``fwd``: from :func:`split_forward`.
         params: parameters to take per-task gradients over; [] for the representation z. With
-            ``split.layer_input``, the parameters of the linear layer whose output is ``split.at``.
+            ``fwd.layer_input``, the parameters of the linear layer whose output is ``fwd.at``.
         heads: each task's head parameters, in task order; ``shared``: the backbone's.
         weigh: the strategy's decision, called once inside the backward (see :data:`Weigh`).
         covers_shared: ``params`` are all the backbone parameters: their update is formed from
@@ -189,7 +189,7 @@ def weighted_backward(losses: Tensor, split: Split, params: list[nn.Parameter],
         the weights [n] and the per-task gradients the weights were chosen from. Afterwards
         ``.grad`` of every parameter holds the gradient of Σ_i w_i L_i (or the strategy's update).
     """
-    at, aliases, layer_input = split.at, split.aliases, split.layer_input
+    at, aliases, layer_input = fwd.at, fwd.aliases, fwd.layer_input
     method = (linear_method(layer_input, len(aliases), at.shape[-1]) if layer_input is not None
               else "vjp")
     alias_grads: list[Tensor | None] = [None] * len(aliases)

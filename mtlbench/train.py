@@ -119,19 +119,18 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
     stats = None
     if strategy.needs_gradients:
         names, source = [t.name for t in tasks], strategy.gradient_source
-        split = split_forward(model.backbone, model.heads, x, names, at_last_shared=(
+        fwd = split_forward(model.backbone, model.heads, x, names, at_last_shared=(
             source == "last_shared" and splits_at_last_shared(model.backbone)))
-        losses = task_losses(tasks, split.outputs, y)
+        losses = task_losses(tasks, fwd.outputs, y)
         weights, grads = weighted_backward(
-            losses, split, gradient_params(model, source),
+            losses, fwd, gradient_params(model, source),
             [model.head_parameters(name) for name in names], model.shared_parameters(),
             strategy_weigh(strategy, losses.detach()), covers_shared=source == "shared")
-        stats = grads.stats
+        weights, stats = weights.detach(), grads.stats
     else:
         losses = task_losses(tasks, model(x)[1], y)
-        weights = strategy.weights(losses.detach(), None)
-        (weights.detach().to(losses.dtype) * losses).sum().backward()
-    weights = weights.detach()
+        weights = strategy.weights(losses.detach(), None).detach()
+        (weights.to(losses.dtype) * losses).sum().backward()
     grad_list = [p.grad for p in model.trainable_parameters() if p.grad is not None]
     # max |g| over all gradients in one fused reduction (no per-parameter sync; no overflow)
     max_grad = torch.nn.utils.get_total_norm(grad_list, math.inf)

@@ -76,7 +76,7 @@ def run_weighted(model, x, y, source: str, weights: torch.Tensor, split_at_last:
     names = [t.name for t in TASKS]
     params = {"shared": model.shared_parameters, "last_shared": model.last_shared_parameters,
               "representation": list}[source]()
-    split = split_forward(model.backbone, model.heads, x, names,
+    fwd = split_forward(model.backbone, model.heads, x, names,
                           at_last_shared=source == "last_shared" and split_at_last)
     seen = []
 
@@ -86,7 +86,7 @@ def run_weighted(model, x, y, source: str, weights: torch.Tensor, split_at_last:
 
     model.zero_grad(set_to_none=True)
     got, grads = weighted_backward(
-        losses_of(model, split.outputs, y), split, params,
+        losses_of(model, fwd.outputs, y), fwd, params,
         [list(model.heads[n].parameters()) for n in names], model.shared_parameters(), weigh,
         covers_shared=source == "shared")
     assert got is weights and seen == [grads]
@@ -108,7 +108,7 @@ def test_weighted_backward_matches_naive_autograd(kind: str, source: str,
     assert_close(grads.stats.gramian, rows @ rows.T, rtol=1e-10, atol=1e-12)
     assert_close(grads.stats.norms, rows.norm(dim=1), rtol=1e-10, atol=1e-12)
     if source == "representation":
-        assert_close(grads.at_split.reshape(len(TASKS), -1), rows, rtol=1e-10, atol=1e-12)
+        assert_close(grads.at_branch.reshape(len(TASKS), -1), rows, rtol=1e-10, atol=1e-12)
     if grads.per_param:
         flat = torch.cat([g.reshape(len(TASKS), -1) for g in grads.per_param], dim=1)
         assert_close(flat, rows, rtol=1e-10, atol=1e-12)
@@ -150,11 +150,11 @@ def test_split_forward_equals_model_forward() -> None:
     names = [t.name for t in TASKS]
     z0, out0 = model(x)
     for at_last in (False, True):
-        split = split_forward(model.backbone, model.heads, x, names, at_last_shared=at_last)
-        assert len(split.aliases) == len(TASKS)
-        assert (split.layer_input is not None) == at_last
+        fwd = split_forward(model.backbone, model.heads, x, names, at_last_shared=at_last)
+        assert len(fwd.aliases) == len(TASKS)
+        assert (fwd.layer_input is not None) == at_last
         for name in out0:
-            assert_close(split.outputs[name], out0[name], rtol=0, atol=0)
+            assert_close(fwd.outputs[name], out0[name], rtol=0, atol=0)
 
 
 def test_gramian_and_cosines_by_hand() -> None:
@@ -171,16 +171,16 @@ def test_hooks_are_removed_when_the_strategy_fails() -> None:
     """The hooks close over the graph; left behind, they would keep every step's graph alive."""
     model, x, y = make("mlp")
     names = [t.name for t in TASKS]
-    split = split_forward(model.backbone, model.heads, x, names)
+    fwd = split_forward(model.backbone, model.heads, x, names)
 
     def weigh(grads):
         raise ValueError("strategy failed")
 
     with pytest.raises(ValueError, match="strategy failed"):
-        weighted_backward(losses_of(model, split.outputs, y), split, [],
+        weighted_backward(losses_of(model, fwd.outputs, y), fwd, [],
                           [list(model.heads[n].parameters()) for n in names],
                           model.shared_parameters(), weigh)
-    for tensor in [split.at, *split.aliases]:
+    for tensor in [fwd.at, *fwd.aliases]:
         assert not tensor._backward_hooks
 
 
