@@ -79,9 +79,11 @@ Weigh = Callable[[TaskGradients], tuple[Tensor, list[Tensor] | None]]
 
 def splits_at_last_shared(backbone: nn.Module) -> bool:
     """Whether ``last_shared`` per-task gradients can come from the layer's input and output
-    gradients: the backbone has ``trunk``/``tail`` around an ``nn.Linear`` ``last_shared``."""
-    return (isinstance(getattr(backbone, "last_shared", None), nn.Linear)
-            and hasattr(backbone, "trunk") and hasattr(backbone, "tail"))
+    gradients: the backbone has ``trunk``/``tail`` around an ``nn.Linear`` ``last_shared`` whose
+    parameters all train (then they are [weight] or [weight, bias])."""
+    layer = getattr(backbone, "last_shared", None)
+    return (isinstance(layer, nn.Linear) and hasattr(backbone, "trunk")
+            and hasattr(backbone, "tail") and all(p.requires_grad for p in layer.parameters()))
 
 
 def split_forward(backbone: nn.Module, heads: Mapping[str, nn.Module], x: Tensor,

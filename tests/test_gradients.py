@@ -216,3 +216,6 @@ def test_split_at_last_shared_only_for_linear_layers_with_trunk_and_tail() -> No
     assert splits_at_last_shared(make("lenet")[0].backbone)
     assert not splits_at_last_shared(NoTrunk())
     assert not splits_at_last_shared(ConvLast())
+    frozen = make("mlp")[0].backbone
+    frozen.last_shared.weight.requires_grad_(False)  # bias alone: the batched VJP handles it
+    assert not splits_at_last_shared(frozen)
