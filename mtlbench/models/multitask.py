@@ -24,7 +24,8 @@ class MultiTaskModel(nn.Module):
 
     def _trainable(self, key: str, module: nn.Module) -> list[nn.Parameter]:
         """``module``'s parameters that require gradients. The list is cached: walking the module
-        tree costs ~10 µs a call, several times a step (invalidated by ``.to()``/``_apply``)."""
+        tree costs ~10 µs a call, several times a step. ``.to()``/``_apply`` clear the cache;
+        replacing a submodule after construction is not tracked (mtlbench never does)."""
         if key not in self._param_lists:
             self._param_lists[key] = list(module.parameters())
         return [p for p in self._param_lists[key] if p.requires_grad]
