@@ -114,7 +114,7 @@ def parameter_gradients(z: Tensor, grad_z: Tensor, params: list[nn.Parameter]) -
 
 
 def linear_gramian(layer_input: Tensor, grad_output: Tensor, bias: bool,
-                   method: str = "auto") -> tuple[Tensor, list[Tensor]]:
+                   method: str) -> tuple[Tensor, list[Tensor]]:
     """Gramian of the per-task gradients of a linear layer u = A Wᵀ + b, from A and ∂L_i/∂u.
 
     With A [B, in] and D_i = ∂L_i/∂u [B, out] (leading dimensions flattened), task i's gradient is
@@ -124,8 +124,7 @@ def linear_gramian(layer_input: Tensor, grad_output: Tensor, bias: bool,
 
     ``direct`` forms the n gradients (n·B·in·out multiply-adds) and returns them; ``kernel`` goes
     through the B×B matrix K (B²·(in + n·out), no gradient formed; pays when B < in, out).
-    ``auto`` picks the cheaper count, charging ``kernel`` the one weight-gradient product the
-    backward then still computes.
+    :func:`linear_method` picks one before the backward (the backward's inputs depend on it).
 
     Args:
         layer_input: A, shape [..., in]. grad_output: D, shape [n, ..., out].
@@ -137,8 +136,6 @@ def linear_gramian(layer_input: Tensor, grad_output: Tensor, bias: bool,
     a = layer_input.reshape(-1, layer_input.shape[-1])
     n, rows, fan_out = grad_output.shape[0], a.shape[0], grad_output.shape[-1]
     d = grad_output.reshape(n, rows, fan_out)
-    if method == "auto":
-        method = linear_method(layer_input, n, fan_out)
     if method == "direct":
         per_param = [torch.matmul(d.transpose(1, 2), a)] + ([d.sum(1)] if bias else [])
         return gramian(per_param), per_param
