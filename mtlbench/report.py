@@ -1,11 +1,16 @@
 """``mtlbench report DIR [DIR ...]``: compare finished runs (table, Δm%, rank, md/csv/png, json).
 
 Reads run directories from disk only (``metrics.json``, ``error.json``, ``.hydra/``); it never
-imports the training code. A *job directory* is any directory holding ``metrics.json``,
-``error.json`` or ``.hydra/``; it is ``finished`` (metrics.json), ``failed`` (error.json newer than
-any metrics.json) or ``unfinished`` (neither). Runs are grouped into *configurations*: the strategy,
-its hyperparameters (``.hydra/config.yaml``: ``strategy.*``) and every other override that is not
-the seed. Settings that are the same for every run are shown once ("common"), not in every label.
+imports the training code, torch or (unless it draws plots) matplotlib. A *job directory* is any
+directory holding ``metrics.json``, ``error.json`` or ``.hydra/``; it is ``finished`` (a readable
+metrics.json, even beside an error.json: a later rejected attempt does not undo a result),
+``failed`` (error.json, or an unreadable metrics.json) or ``unfinished`` (neither). Unknown keys of
+metrics.json are ignored; a null (non-finite) test metric is left out of that task's mean and the
+run is listed under problems. Runs are grouped into *configurations*: the strategy, its
+hyperparameters (``.hydra/config.yaml``: ``strategy.*``) and every other override that is not the
+seed. Each seed counts once per configuration (the newest metrics.json when a seed was run twice;
+the others are listed under problems). Settings that are the same for every run are shown once
+("common"), not in every label.
 
 Δm% (lower is better) compares a configuration's per-task mean metrics M_k with those of the
 single-task baselines (``strategy=single_task data.only=<task>`` runs found in the same dirs):
@@ -25,9 +30,13 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 #: Override keys that never change what is learned (or name a preset); ignored for grouping.
 IGNORED_KEYS = frozenset({"seed", "strategy", "experiment", "trainer.device", "trainer.num_threads",
@@ -37,6 +46,8 @@ HIGHER_IS_BETTER = frozenset({"accuracy"})
 #: The strategy whose runs are the Δm% baselines.
 BASELINE_STRATEGY = "single_task"
 GAMMA_KEY = "strategy.gamma"
+#: Most entries per column of a plot's legend (the key beside the axes).
+KEY_ROWS = 40
 
 
 class ReportError(Exception):
@@ -54,8 +65,9 @@ class Run:
         strategy: strategy name (``metrics.json`` or Hydra's choices), ``?`` if unknown.
         params: identifying settings: ``strategy.*`` hyperparameters and non-seed overrides.
         seed: the run's seed, if known.
-        tasks: task → {"metric": name, "value": test value} (finished runs only).
+        tasks: task → {"metric": name, "value": test value, None if non-finite} (finished runs).
         error: the failure message (failed runs only).
+        mtime: modification time of metrics.json (finished runs; picks among duplicate seeds).
     """
 
     path: Path
@@ -65,6 +77,17 @@ class Run:
     seed: int | None = None
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     error: str | None = None
+    mtime: float = 0.0
+
+    @property
+    def config_key(self) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """What identifies the run's configuration: strategy and sorted params."""
+        return self.strategy, tuple(sorted(self.params.items()))
+
+    @property
+    def nonfinite(self) -> list[str]:
+        """``task metric`` of each test metric that is null or non-finite."""
+        return [f"{t} {m['metric']}" for t, m in self.tasks.items() if m["value"] is None]
 
 
 def is_job_dir(path: Path) -> bool:
@@ -102,10 +125,20 @@ def _flatten(node: Any, prefix: str) -> dict[str, str]:
 
 
 def _fmt_value(value: Any) -> str:
-    """A config value as it would be written on the command line (floats: ±inf, 0.5, 1e-05)."""
-    if isinstance(value, float):
-        return "inf" if value == math.inf else "-inf" if value == -math.inf else repr(value)
-    return str(value)
+    """A config value as it would be written on the command line (floats: see :func:`fmt_float`)."""
+    return fmt_float(value) if isinstance(value, float) else str(value)
+
+
+def fmt_float(value: float) -> str:
+    """The shortest ``%g`` form (at least 6 significant digits) that reads back as ``value``:
+    0.5, 1000, 1e+08, 1e-08, 123456789, 0.30000000000000004, inf, -inf."""
+    if not math.isfinite(value):
+        return str(value)
+    for digits in range(6, 17):
+        text = f"{value:.{digits}g}"
+        if float(text) == value:
+            return text
+    return f"{value:.17g}"
 
 
 def parse_overrides(lines: Iterable[str]) -> dict[str, str]:
@@ -137,46 +170,85 @@ def read_run(path: Path) -> Run:
 
 
 def _read_results(run: Run) -> None:
-    """Fill status, metrics or error from ``metrics.json`` / ``error.json``."""
+    """Fill status, metrics or error from ``metrics.json`` / ``error.json``: a readable
+    metrics.json wins over any error.json (that is a later, rejected attempt's)."""
     metrics_file, error_file = run.path / "metrics.json", run.path / "error.json"
-    if error_file.is_file() and (not metrics_file.is_file()
-                                 or error_file.stat().st_mtime >= metrics_file.stat().st_mtime):
-        run.status = "failed"
-        try:
-            err = json.loads(error_file.read_text())
-            run.error = f"{err.get('type', 'Error')}: {err.get('error', '')}"
-        except (OSError, ValueError, AttributeError) as exc:
-            run.error = f"unreadable error.json ({exc})"
+    problem = _read_metrics(run, metrics_file) if metrics_file.is_file() else None
+    if run.status == "finished":
         return
-    if not metrics_file.is_file():
-        return
+    if error_file.is_file():
+        run.status, run.error = "failed", _read_error(error_file)
+        run.error += f"; {problem}" if problem else ""
+    elif problem:
+        run.status, run.error = "failed", problem
+
+
+def _read_error(path: Path) -> str:
+    """``Type: message`` of an error.json."""
     try:
-        metrics = json.loads(metrics_file.read_text())
-        run.strategy = str(metrics.get("strategy", run.strategy))
-        run.seed = int(metrics.get("seed", run.seed))
-        run.tasks = {name: _main_metric(values) for name, values in metrics["tasks"].items()}
-        run.status = "finished"
+        err = json.loads(path.read_text())
+        return f"{err.get('type', 'Error')}: {err.get('error', '')}"
+    except (OSError, ValueError, AttributeError) as exc:
+        return f"unreadable error.json ({exc})"
+
+
+def _read_metrics(run: Run, path: Path) -> str | None:
+    """Set the run finished from a readable metrics.json (unknown keys ignored); else return why
+    it is unreadable."""
+    try:
+        metrics = json.loads(path.read_text())
+        tasks = {name: _main_metric(values) for name, values in metrics["tasks"].items()}
+        seed = int(metrics.get("seed", run.seed))
+        strategy = str(metrics.get("strategy", run.strategy))
+        mtime = path.stat().st_mtime
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        run.status, run.error = "failed", f"unreadable metrics.json ({type(exc).__name__}: {exc})"
+        return f"unreadable metrics.json ({type(exc).__name__}: {exc})"
+    run.status, run.tasks, run.seed, run.strategy, run.mtime = (
+        "finished", tasks, seed, strategy, mtime)
+    return None
 
 
 def _main_metric(values: dict[str, Any]) -> dict[str, Any]:
-    """The task's test metric: accuracy for classification, mse for regression."""
+    """The task's test metric: accuracy for classification, mse for regression; its value is None
+    when metrics.json has null (or a non-finite number) there."""
     name = "accuracy" if values.get("kind") == "classification" or "accuracy" in values else "mse"
-    return {"metric": name, "value": float(values[name])}
+    value = None if values[name] is None else float(values[name])
+    return {"metric": name, "value": value if value is not None and math.isfinite(value) else None}
 
 
 def collect_runs(dirs: Sequence[Path]) -> list[Run]:
     """Every job under ``dirs``; :class:`ReportError` if a dir is missing or holds no job."""
     runs: list[Run] = []
+    seen: set[Path] = set()
     for root in dirs:
         if not root.is_dir():
             raise ReportError(f"`{root}` is not a directory.")
-        runs.extend(read_run(path) for path in find_job_dirs(root))
+        for path in find_job_dirs(root):
+            if path.resolve() not in seen:  # a job under two of the dirs given is read once
+                seen.add(path.resolve())
+                runs.append(read_run(path))
     if not runs:
         where = ", ".join(f"`{d}`" for d in dirs)
         raise ReportError(f"no runs (metrics.json, error.json or .hydra/) found under {where}.")
     return runs
+
+
+def drop_duplicate_seeds(runs: Sequence[Run]) -> tuple[list[Run], list[tuple[Run, Run]]]:
+    """One finished run per (configuration, seed): the one with the newest metrics.json (on equal
+    times, the later path). Returns (kept runs in input order, [(dropped, kept instead)]).
+    Runs of unknown seed are all kept."""
+    best: dict[tuple[Any, ...], Run] = {}
+    for run in runs:
+        key = _seed_key(run)
+        if key not in best or (run.mtime, str(run.path)) > (best[key].mtime, str(best[key].path)):
+            best[key] = run
+    chosen = {id(run) for run in best.values()}
+    return ([r for r in runs if id(r) in chosen],
+            [(r, best[_seed_key(r)]) for r in runs if id(r) not in chosen])
+
+
+def _seed_key(run: Run) -> tuple[Any, ...]:
+    return (*run.config_key, run.seed if run.seed is not None else str(run.path))
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -226,32 +298,56 @@ def label_of(strategy: str, params: dict[str, str], common: dict[str, str],
     return " ".join([strategy, *own])
 
 
-def std(values: Sequence[float]) -> float:
-    """Sample standard deviation (0 for a single value)."""
-    return statistics.stdev(values) if len(values) > 1 else 0.0
+def std(values: Sequence[float]) -> float | None:
+    """Sample standard deviation; None (no spread to show) for fewer than two values."""
+    return statistics.stdev(values) if len(values) > 1 else None
+
+
+def natural_key(label: str) -> tuple[Any, ...]:
+    """Sort key of a label: word by word, ``key=value`` values compared as numbers when they are
+    numbers (γ: -inf < -2 < -0.5 < 0 < 0.5 < 2 < inf), before text; then the label itself."""
+    words = []
+    for word in label.split(" "):
+        key, sep, value = word.partition("=")
+        words.append((key, *_value_key(value)) if sep else (word, 0, 0.0, ""))
+    return tuple(words), label
+
+
+def _value_key(text: str) -> tuple[int, float, str]:
+    try:
+        number = float(text)
+    except ValueError:
+        return 1, 0.0, text
+    return (1, 0.0, text) if math.isnan(number) else (0, number, text)
 
 
 def aggregate(runs: Sequence[Run], common: dict[str, str]) -> list[Row]:
-    """Group finished runs by (strategy, params) and average each task's metric over seeds."""
-    varying = varying_strategy_params([r for r in runs if r.status == "finished"])
+    """Group finished runs by (strategy, params) and average each task's metric over seeds
+    (one run per seed: see :func:`drop_duplicate_seeds`); rows sorted by :func:`natural_key`."""
+    finished = [r for r in runs if r.status == "finished"]
+    varying = varying_strategy_params(finished)
     groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[Run]] = {}
-    for run in runs:
-        if run.status == "finished":
-            groups.setdefault((run.strategy, tuple(sorted(run.params.items()))), []).append(run)
-    rows = []
-    for (strategy, items), members in groups.items():
-        params = dict(items)
-        tasks: dict[str, dict[str, Any]] = {}
-        for member in members:
-            for task, m in member.tasks.items():
-                entry = tasks.setdefault(task, {"metric": m["metric"], "values": []})
+    for run in finished:
+        groups.setdefault(run.config_key, []).append(run)
+    rows = [Row(label_of(strategy, dict(items), common, varying), strategy, dict(items),
+                sorted((m.seed for m in members), key=lambda s: (s is None, s or 0)),
+                task_stats(members))
+            for (strategy, items), members in groups.items()]
+    return sorted(rows, key=lambda r: natural_key(r.label))
+
+
+def task_stats(members: Sequence[Run]) -> dict[str, dict[str, Any]]:
+    """task → metric, finite values, their mean and sample std (None when there are none / one)."""
+    tasks: dict[str, dict[str, Any]] = {}
+    for member in members:
+        for task, m in member.tasks.items():
+            entry = tasks.setdefault(task, {"metric": m["metric"], "values": []})
+            if m["value"] is not None:
                 entry["values"].append(m["value"])
-        for entry in tasks.values():
-            entry["mean"], entry["std"] = statistics.fmean(entry["values"]), std(entry["values"])
-        rows.append(Row(label_of(strategy, params, common, varying), strategy, params,
-                        sorted((m.seed for m in members), key=lambda s: (s is None, s or 0)),
-                        tasks))
-    return sorted(rows, key=lambda r: r.label)
+    for entry in tasks.values():
+        entry["mean"] = statistics.fmean(entry["values"]) if entry["values"] else None
+        entry["std"] = std(entry["values"])
+    return tasks
 
 
 def baselines(rows: Sequence[Row]) -> dict[str, dict[str, Any]]:
@@ -260,16 +356,19 @@ def baselines(rows: Sequence[Row]) -> dict[str, dict[str, Any]]:
     for row in rows:
         if row.is_baseline:
             for task, entry in row.tasks.items():
-                base = values.setdefault(task, {"metric": entry["metric"], "values": []})
-                base["values"].extend(entry["values"])
+                if entry["values"]:
+                    base = values.setdefault(task, {"metric": entry["metric"], "values": []})
+                    base["values"].extend(entry["values"])
     return {task: {"metric": b["metric"], "mean": statistics.fmean(b["values"]),
                    "configs": sum(task in r.tasks for r in rows if r.is_baseline)}
             for task, b in values.items()}
 
 
 def delta_m(tasks: dict[str, dict[str, Any]], base: dict[str, dict[str, Any]]) -> float | None:
-    """Δm% of one configuration against the baselines; None unless every task has a baseline."""
-    if not tasks or any(t not in base or base[t]["mean"] == 0 for t in tasks):
+    """Δm% of one configuration against the baselines; None unless every task has a baseline and
+    a mean."""
+    if not tasks or any(t not in base or base[t]["mean"] == 0 or e["mean"] is None
+                        for t, e in tasks.items()):
         return None
     terms = []
     for task, entry in tasks.items():
@@ -290,14 +389,21 @@ def rank_rows(rows: Sequence[Row], base: dict[str, dict[str, Any]]) -> None:
 
 # ----------------------------------------------------------------------------- formatting
 def fmt_number(value: float) -> str:
+    """4 significant digits (table cells)."""
     return f"{value:.4g}" if math.isfinite(value) else str(value)
 
 
-def fmt_cell(entry: dict[str, Any] | None) -> str:
-    """``mean ± std`` of one task in one row ("—" when the row lacks the task)."""
+def fmt_cell(entry: dict[str, Any] | None, n_seeds: int) -> str:
+    """``mean ± std`` of one task in one row; "—" for the whole cell when the row lacks the task
+    and for the spread of a single value; ``(n=k)`` when only k of the row's ``n_seeds`` runs
+    have a finite value."""
     if entry is None:
         return "—"
-    return f"{fmt_number(entry['mean'])} ± {fmt_number(entry['std'])}"
+    if entry["mean"] is None:
+        return "non-finite"
+    spread = "—" if entry["std"] is None else fmt_number(entry["std"])
+    cell, n = f"{fmt_number(entry['mean'])} ± {spread}", len(entry["values"])
+    return cell if n >= n_seeds else f"{cell} (n={n})"
 
 
 def task_columns(rows: Sequence[Row]) -> list[tuple[str, str]]:
@@ -309,16 +415,22 @@ def task_columns(rows: Sequence[Row]) -> list[tuple[str, str]]:
     return list(seen.items())
 
 
+def table_order(row: Row) -> tuple[Any, ...]:
+    """Best rank first, then unranked rows, baselines last; ties by :func:`natural_key`."""
+    return row.is_baseline, row.rank is None, row.rank or 0, natural_key(row.label)
+
+
 def table_rows(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
-    """Header and cells of the main table, best rank first, baselines last."""
+    """Header and cells of the main table (:func:`table_order`)."""
     columns = task_columns(rows)
     header = ["configuration", "seeds",
               *[f"{t} {m} {'↑' if m in HIGHER_IS_BETTER else '↓'}" for t, m in columns],
               "Δm% ↓", "rank"]
-    ordered = sorted(rows, key=lambda r: (r.is_baseline, r.rank is None, r.rank or 0, r.label))
-    cells = [[row.label, str(len(row.seeds)), *[fmt_cell(row.tasks.get(t)) for t, _ in columns],
+    cells = [[row.label, str(len(row.seeds)),
+              *[fmt_cell(row.tasks.get(t), len(row.seeds)) for t, _ in columns],
               "n/a" if row.delta_m is None else f"{row.delta_m:+.2f}",
-              "baseline" if row.is_baseline else str(row.rank or "—")] for row in ordered]
+              "baseline" if row.is_baseline else str(row.rank or "—")]
+             for row in sorted(rows, key=table_order)]
     return header, cells
 
 
@@ -333,33 +445,55 @@ def markdown_table(header: list[str], cells: list[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, cells)])
 
 
-def problems_section(runs: Sequence[Run]) -> str:
-    """Failed and unfinished jobs, one line each (never silently dropped)."""
-    bad = [r for r in runs if r.status != "finished"]
-    if not bad:
+def problems_of(runs: Sequence[Run], kept: Sequence[Run],
+                dropped: Sequence[tuple[Run, Run]]) -> list[dict[str, Any]]:
+    """Everything left out, never silently: failed and unfinished jobs, used runs with a
+    non-finite test metric (left out of that mean), duplicate seeds (left out entirely)."""
+    found = [_problem(r, r.status, r.error) for r in runs if r.status != "finished"]
+    found += [_problem(r, "non-finite metric", f"{', '.join(r.nonfinite)} null or non-finite; "
+                       "left out of the mean") for r in kept if r.nonfinite]
+    for run, other in dropped:
+        why = "newer metrics.json" if other.mtime > run.mtime else "same time, later path"
+        found.append(_problem(run, "duplicate seed", f"seed {run.seed} of this configuration "
+                              f"also in `{other.path}` ({why}; used instead)"))
+    return found
+
+
+def _problem(run: Run, problem: str, error: str | None) -> dict[str, Any]:
+    return {"path": str(run.path), "status": run.status, "problem": problem, "error": error}
+
+
+def problems_section(problems: Sequence[dict[str, Any]]) -> str:
+    """The problems, one line each."""
+    if not problems:
         return ""
-    lines = [f"## Failed or unfinished jobs ({len(bad)})", ""]
-    lines += [f"- **{r.status}** `{r.path}`" + (f": {r.error}" if r.error else "") for r in bad]
+    lines = [f"## Problems ({len(problems)})", ""]
+    lines += [f"- **{p['problem']}** `{p['path']}`" + (f": {p['error']}" if p["error"] else "")
+              for p in problems]
     return "\n".join(lines)
 
 
 def render_markdown(report: dict[str, Any], header: list[str], cells: list[list[str]],
-                    runs: Sequence[Run], plots: Sequence[Path]) -> str:
+                    problems: Sequence[dict[str, Any]], plots: Sequence[Path]) -> str:
     """The full report.md text."""
     counts = report["counts"]
+    duplicates = sum(p["problem"] == "duplicate seed" for p in problems)
     parts = ["# mtlbench report", "",
-             f"Runs: {counts['finished']} finished, {counts['failed']} failed, "
-             f"{counts['unfinished']} unfinished; {len(cells)} configurations. "
-             "Metrics: test split, mean ± sample std over seeds.", ""]
+             f"Runs: {counts['finished']} finished"
+             + (f" ({duplicates} duplicate seed{'s' * (duplicates > 1)} left out)"
+                if duplicates else "")
+             + f", {counts['failed']} failed, {counts['unfinished']} unfinished; "
+             f"{len(cells)} configurations. Metrics: test split, mean ± sample std over seeds "
+             "(— for a single seed).", ""]
     if report["common"]:
         common = ", ".join(f"`{k}={v}`" for k, v in report["common"].items())
         parts += [f"Common settings: {common}", ""]
     if not report["baselines"]:
         parts += ["Δm%: n/a (no `strategy=single_task data.only=<task>` runs in these dirs).", ""]
     parts += [markdown_table(header, cells), ""]
-    problems = problems_section(runs)
-    if problems:
-        parts += [problems, ""]
+    section = problems_section(problems)
+    if section:
+        parts += [section, ""]
     parts += [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(parts).rstrip() + "\n"
 
@@ -375,16 +509,17 @@ def write_csv(path: Path, rows: Sequence[Row]) -> None:
         for row in rows:
             stats = []
             for task, _ in columns:
-                entry = row.tasks.get(task)
-                stats += ["", ""] if entry is None else [entry["mean"], entry["std"]]
+                entry = row.tasks.get(task) or {}
+                stats += ["" if entry.get(k) is None else entry[k] for k in ("mean", "std")]
             writer.writerow([row.label, row.strategy, json.dumps(row.params, sort_keys=True),
                              len(row.seeds), " ".join(map(str, row.seeds)), *stats,
                              "" if row.delta_m is None else row.delta_m,
                              "baseline" if row.is_baseline else (row.rank or "")])
 
 
-def as_json(report: dict[str, Any], rows: Sequence[Row], runs: Sequence[Run]) -> dict[str, Any]:
-    """The ``--format json`` document."""
+def as_json(report: dict[str, Any], rows: Sequence[Row],
+            problems: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``--format json`` document (also report.json); a std of None: a single value."""
     return {
         **report,
         "rows": [{"label": r.label, "strategy": r.strategy, "params": r.params, "seeds": r.seeds,
@@ -392,8 +527,7 @@ def as_json(report: dict[str, Any], rows: Sequence[Row], runs: Sequence[Run]) ->
                             for t, e in r.tasks.items()},
                   "delta_m_pct": r.delta_m, "rank": r.rank, "baseline": r.is_baseline}
                  for r in rows],
-        "problems": [{"path": str(r.path), "status": r.status, "error": r.error}
-                     for r in runs if r.status != "finished"],
+        "problems": problems,
     }
 
 
@@ -414,6 +548,19 @@ def gamma_value(text: str) -> float:
     return float(text)
 
 
+def _has_mean(row: Row, task: str) -> bool:
+    return task in row.tasks and row.tasks[task]["mean"] is not None
+
+
+def _spread(entry: dict[str, Any]) -> float:
+    """The error bar of a mean: its std, 0 for a single value."""
+    return entry["std"] or 0.0
+
+
+def _arrow(metric: str) -> str:
+    return "↑" if metric in HIGHER_IS_BETTER else "↓"
+
+
 def plot_gamma(path: Path, rows: Sequence[Row]) -> bool:
     """Metric vs γ per task for the generalized-mean rows (seeds as dots, mean ± std as a line).
 
@@ -424,34 +571,41 @@ def plot_gamma(path: Path, rows: Sequence[Row]) -> bool:
     gammas = sorted({gamma_value(r.params[GAMMA_KEY]) for r in sweep})
     if len(gammas) < 2:
         return False
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     columns = task_columns(sweep)
-    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.6), squeeze=False)
+    width = max(4.2, 0.2 * len(gammas))
+    fig = Figure(figsize=(width * len(columns), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(columns), squeeze=False)[0]
     lines: dict[str, list[Row]] = {}
     for row in sweep:
         rest = {k: v for k, v in row.params.items() if k != GAMMA_KEY}
         lines.setdefault(label_of(row.strategy, rest, {}), []).append(row)
-    for ax, (task, metric) in zip(axes[0], columns, strict=True):
+    for ax, (task, metric) in zip(axes, columns, strict=True):
         for name, members in lines.items():
-            members = sorted((m for m in members if task in m.tasks),
-                             key=lambda m: gamma_value(m.params[GAMMA_KEY]))
-            xs = [gammas.index(gamma_value(m.params[GAMMA_KEY])) for m in members]
-            means = [m.tasks[task]["mean"] for m in members]
-            stds = [m.tasks[task]["std"] for m in members]
-            ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=name)
-            for x, member in zip(xs, members, strict=True):
-                values = member.tasks[task]["values"]
-                ax.scatter([x] * len(values), values, s=10, alpha=0.4, color="gray")
-        ax.set_xticks(range(len(gammas)), [_fmt_value(g) for g in gammas])
+            _plot_gamma_line(ax, task, name, members, gammas)
+        ax.set_xticks(range(len(gammas)), [fmt_float(g) for g in gammas],
+                      rotation=90 if len(gammas) > 12 else 0)
         ax.set_xlabel("γ")
-        ax.set_title(f"{task}: test {metric} {'↑' if metric in HIGHER_IS_BETTER else '↓'}")
+        ax.set_title(f"{task}: test {metric} {_arrow(metric)}")
     if len(lines) > 1:
-        axes[0][0].legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=7,
+                   ncols=-(-len(lines) // KEY_ROWS))
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     return True
+
+
+def _plot_gamma_line(ax: Axes, task: str, name: str, members: Sequence[Row],
+                     gammas: list[float]) -> None:
+    """One line of the γ plot: mean ± std per γ, each seed's value as a gray dot."""
+    members = sorted((m for m in members if _has_mean(m, task)),
+                     key=lambda m: gamma_value(m.params[GAMMA_KEY]))
+    xs = [gammas.index(gamma_value(m.params[GAMMA_KEY])) for m in members]
+    ax.errorbar(xs, [m.tasks[task]["mean"] for m in members],
+                yerr=[_spread(m.tasks[task]) for m in members], marker="o", capsize=3, label=name)
+    for x, member in zip(xs, members, strict=True):
+        values = member.tasks[task]["values"]
+        ax.scatter([x] * len(values), values, s=10, alpha=0.4, color="gray")
 
 
 def pareto_front(points: Sequence[tuple[float, float]], higher: tuple[bool, bool]) -> list[int]:
@@ -461,44 +615,72 @@ def pareto_front(points: Sequence[tuple[float, float]], higher: tuple[bool, bool
             if not any(a >= x and b >= y and (a > x or b > y) for a, b in signed)]
 
 
+def pareto_figure(rows: Sequence[Row], base: dict[str, dict[str, Any]], task_a: str,
+                  task_b: str) -> Figure | None:
+    """Task-vs-task scatter of the configurations (mean ± std) that have both tasks, numbered in
+    table order with a key beside the axes (so labels never overlap or leave the figure), the
+    Pareto front joined (its numbers bold), single-task baselines as dashed lines.
+    None when no row has both tasks."""
+    both = sorted((r for r in rows if _has_mean(r, task_a) and _has_mean(r, task_b)),
+                  key=table_order)
+    if not both:
+        return None
+    from matplotlib.figure import Figure
+
+    columns = -(-len(both) // KEY_ROWS)
+    key_width = columns * (0.6 + 0.06 * max(len(r.label) for r in both))
+    fig = Figure(figsize=(5.6 + key_width, max(4.8, 1.2 + 0.16 * -(-len(both) // columns))),
+                 layout="constrained")
+    ax = fig.add_subplot()
+    ax.margins(0.08)
+    points = [(r.tasks[task_a]["mean"], r.tasks[task_b]["mean"]) for r in both]
+    metric_a, metric_b = both[0].tasks[task_a]["metric"], both[0].tasks[task_b]["metric"]
+    front = pareto_front(points, (metric_a in HIGHER_IS_BETTER, metric_b in HIGHER_IS_BETTER))
+    handles = [_plot_point(ax, row, (task_a, task_b), number, number - 1 in front)
+               for number, row in enumerate(both, start=1)]
+    fig.legend(handles, [f"{i}  {r.label}" for i, r in enumerate(both, start=1)],
+               loc="outside right upper", fontsize=7, ncols=columns, title="configurations")
+    _plot_reference_lines(ax, sorted(points[i] for i in front), base, (task_a, task_b))
+    ax.set_xlabel(f"{task_a} test {metric_a} {_arrow(metric_a)}")
+    ax.set_ylabel(f"{task_b} test {metric_b} {_arrow(metric_b)}")
+    return fig
+
+
+def _plot_point(ax: Axes, row: Row, tasks: tuple[str, str], number: int, on_front: bool) -> Any:
+    """One configuration: mean ± std on both axes and its number; returns the legend handle."""
+    a, b = row.tasks[tasks[0]], row.tasks[tasks[1]]
+    handle = ax.errorbar(a["mean"], b["mean"], xerr=_spread(a), yerr=_spread(b), marker="o",
+                         markersize=4, capsize=2, alpha=0.8)
+    ax.annotate(str(number), (a["mean"], b["mean"]), xytext=(3, 3), textcoords="offset points",
+                fontsize=7, fontweight="bold" if on_front else "normal")
+    return handle
+
+
+def _plot_reference_lines(ax: Axes, front: list[tuple[float, float]],
+                          base: dict[str, dict[str, Any]], tasks: tuple[str, str]) -> None:
+    """The Pareto front and the single-task baselines, with their own small legend."""
+    ax.plot(*zip(*front, strict=True), color="black", linewidth=1, label="Pareto front")
+    if tasks[0] in base:
+        ax.axvline(base[tasks[0]]["mean"], linestyle="--", color="gray", label="single-task")
+    if tasks[1] in base:
+        ax.axhline(base[tasks[1]]["mean"], linestyle="--", color="gray",
+                   label="_" if tasks[0] in base else "single-task")
+    ax.legend(fontsize="small")
+
+
 def plot_pareto(path: Path, rows: Sequence[Row], base: dict[str, dict[str, Any]],
                 task_a: str, task_b: str) -> bool:
-    """Task-vs-task scatter of every multi-task configuration (mean ± std), Pareto front joined,
-    single-task baselines as dashed lines. False when no row has both tasks."""
-    both = [r for r in rows if task_a in r.tasks and task_b in r.tasks]
-    if not both:
+    """Write :func:`pareto_figure` to ``path``; False (nothing written) when it has no points."""
+    fig = pareto_figure(rows, base, task_a, task_b)
+    if fig is None:
         return False
-    import matplotlib.pyplot as plt
-
-    metric_a, metric_b = both[0].tasks[task_a]["metric"], both[0].tasks[task_b]["metric"]
-    fig, ax = plt.subplots(figsize=(6.4, 5.2))
-    points = [(r.tasks[task_a]["mean"], r.tasks[task_b]["mean"]) for r in both]
-    for row, (x, y) in zip(both, points, strict=True):
-        ax.errorbar(x, y, xerr=row.tasks[task_a]["std"], yerr=row.tasks[task_b]["std"],
-                    marker="o", capsize=2, alpha=0.8)
-        ax.annotate(row.label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    front = sorted(points[i] for i in pareto_front(
-        points, (metric_a in HIGHER_IS_BETTER, metric_b in HIGHER_IS_BETTER)))
-    ax.plot(*zip(*front, strict=True), color="black", linewidth=1, label="Pareto front")
-    if task_a in base:
-        ax.axvline(base[task_a]["mean"], linestyle="--", color="gray", label="single-task")
-    if task_b in base:
-        ax.axhline(base[task_b]["mean"], linestyle="--", color="gray")
-    ax.set_xlabel(f"{task_a} test {metric_a} {'↑' if metric_a in HIGHER_IS_BETTER else '↓'}")
-    ax.set_ylabel(f"{task_b} test {metric_b} {'↑' if metric_b in HIGHER_IS_BETTER else '↓'}")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     return True
 
 
 def write_plots(out: Path, rows: Sequence[Row], base: dict[str, dict[str, Any]],
                 pareto: Sequence[str] | None) -> list[Path]:
     """The PNG files that apply to these rows; returns their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     written = []
     if plot_gamma(out / "gamma.png", rows):
         written.append(out / "gamma.png")
@@ -512,11 +694,12 @@ def write_plots(out: Path, rows: Sequence[Row], base: dict[str, dict[str, Any]],
 
 # ----------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
+    """The ``mtlbench report`` argument parser."""
     parser = argparse.ArgumentParser(
         prog="mtlbench report",
-        description="Compare runs: per-task test metrics (mean ± std over seeds), Δm%% versus the "
-                    "single-task baselines found in the dirs, rank; writes report.md, report.csv "
-                    "and PNG plots.")
+        description="Compare runs: per-task test metrics (mean ± std over seeds), Δm% versus the "
+                    "single-task baselines found in the dirs, rank; writes report.md, report.csv, "
+                    "report.json and PNG plots.")
     parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR",
                         help="sweep or run directories, searched recursively")
     parser.add_argument("--out", type=Path, help="where to write the files (default: first DIR)")
@@ -528,40 +711,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_report(dirs: Sequence[Path], out: Path | None, pareto: Sequence[str] | None,
-                write: bool) -> tuple[str, dict[str, Any]]:
-    """Read, aggregate, write the files; returns (markdown text, json document)."""
-    runs = collect_runs(dirs)
-    finished = [r for r in runs if r.status == "finished"]
-    common = common_params(finished)
-    rows = aggregate(finished, common)
-    base = baselines(rows)
-    rank_rows(rows, base)
+def check_pareto_tasks(pareto: Sequence[str] | None, rows: Sequence[Row]) -> None:
+    """:class:`ReportError` when ``--pareto`` names a task no row has."""
     known = {t for t, _ in task_columns(rows)}
     for task in pareto or ():
         if task not in known:
             raise ReportError(f"`--pareto {task}` names no task of these runs; "
                               f"the tasks are {', '.join(sorted(known)) or 'none'}.")
+
+
+def make_report(dirs: Sequence[Path], out: Path | None, pareto: Sequence[str] | None,
+                write: bool) -> tuple[str, dict[str, Any]]:
+    """Read, aggregate, write the files; returns (markdown text, json document)."""
+    runs = collect_runs(dirs)
+    kept, dropped = drop_duplicate_seeds([r for r in runs if r.status == "finished"])
+    common = common_params(kept)
+    rows = aggregate(kept, common)
+    base = baselines(rows)
+    rank_rows(rows, base)
+    check_pareto_tasks(pareto, rows)
     report = {"dirs": [str(d) for d in dirs], "common": common,
               "counts": {s: sum(r.status == s for r in runs)
                          for s in ("finished", "failed", "unfinished")},
               "baselines": base, "files": []}
-    header, cells = table_rows(rows)
-    plots: list[Path] = []
     out = out or dirs[0]
+    plots: list[Path] = []
     if write:
         out.mkdir(parents=True, exist_ok=True)
         plots = write_plots(out, rows, base, pareto) if rows else []
-        write_csv(out / "report.csv", rows)
-        report["files"] = [str(p) for p in (out / "report.md", out / "report.csv", *plots)]
-    markdown = render_markdown(report, header, cells, runs, plots)
+        report["files"] = [str(out / name) for name in ("report.md", "report.csv", "report.json")]
+        report["files"] += [str(p) for p in plots]
+    problems = problems_of(runs, kept, dropped)
+    markdown = render_markdown(report, *table_rows(rows), problems, plots)
+    document = as_json(report, rows, problems)
     if write:
+        write_csv(out / "report.csv", rows)
+        (out / "report.json").write_text(json.dumps(strict_json(document), indent=2,
+                                                    default=str) + "\n")
         (out / "report.md").write_text(markdown)
-    return markdown, as_json(report, rows, runs)
+    return markdown, document
+
+
+def written_line(files: Sequence[str]) -> str:
+    """``Wrote report.md, report.csv, ... in <dir>`` (files of one folder)."""
+    paths = [Path(f) for f in files]
+    return f"Wrote {', '.join(p.name for p in paths)} in {paths[0].parent}"
 
 
 def main(argv: list[str]) -> int:
-    """``mtlbench report``: 0 on success, 1 on bad input (one line on stderr, no traceback)."""
+    """``mtlbench report``: 0 on success, 1 on bad input (one line on stderr, no traceback).
+    The report goes to stdout; where files were written, to stderr."""
     args = build_parser().parse_args(argv)
     try:
         markdown, document = make_report(args.dirs, args.out, args.pareto, not args.no_files)
@@ -572,4 +771,6 @@ def main(argv: list[str]) -> int:
         print(json.dumps(strict_json(document), indent=2, default=str))
     else:
         print(markdown, end="")
+    if document["files"]:
+        print(written_line(document["files"]), file=sys.stderr)
     return 0

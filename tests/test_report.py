@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +21,13 @@ ACC, MSE = "accuracy", "mse"
 
 def make_job(root: Path, name: str, strategy: str, seed: int,
              tasks: dict[str, float] | None, *, params: dict[str, Any] | None = None,
-             overrides: list[str] | None = None, error: str | None = None) -> Path:
-    """A Hydra job dir: .hydra/{overrides,config,hydra}.yaml, and metrics.json or error.json.
+             overrides: list[str] | None = None, error: str | None = None,
+             extra: dict[str, Any] | None = None) -> Path:
+    """A Hydra job dir: .hydra/{overrides,config,hydra}.yaml, metrics.json and/or error.json.
 
-    ``tasks`` maps task → test metric (``cls*`` tasks are classification/accuracy, others mse);
-    None leaves the job unfinished.
+    ``tasks`` maps task → test metric (``cls*`` tasks are classification/accuracy, others mse;
+    None is written as null); ``tasks=None`` writes no metrics.json. ``extra``: more top-level
+    keys of metrics.json. ``error`` writes error.json (after metrics.json, if any).
     """
     job = root / name
     (job / ".hydra").mkdir(parents=True)
@@ -30,13 +35,14 @@ def make_job(root: Path, name: str, strategy: str, seed: int,
         [f"strategy={strategy}", f"seed={seed}", *(overrides or [])]))
     config = {"seed": seed, "strategy": {"_target_": f"x.{strategy}", **(params or {})}}
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
-    if error is not None:
-        (job / "error.json").write_text(json.dumps({"error": error, "type": "ConfigError"}))
-    elif tasks is not None:
+    if tasks is not None:
         metrics = {"strategy": strategy, "seed": seed, "steps": 6, "tasks": {
             t: {"kind": "classification", "loss": 1.0, ACC: v} if t.startswith("cls")
-            else {"kind": "regression", "loss": v, MSE: v} for t, v in tasks.items()}}
+            else {"kind": "regression", "loss": v, MSE: v} for t, v in tasks.items()},
+            **(extra or {})}
         (job / "metrics.json").write_text(json.dumps(metrics))
+    if error is not None:
+        (job / "error.json").write_text(json.dumps({"error": error, "type": "ConfigError"}))
     return job
 
 
@@ -121,7 +127,7 @@ def test_writes_markdown_csv_and_plots(study: Path, capsys: pytest.CaptureFixtur
         rows = {row["configuration"]: row for row in csv.DictReader(handle)}
     assert float(rows["equal"]["cls/accuracy/mean"]) == pytest.approx(0.7)
     assert rows["realtime"]["rank"] == "1"
-    assert set(rows) >= {"generalized_mean gamma=-inf", "generalized_mean gamma=0.0"}
+    assert set(rows) >= {"generalized_mean gamma=-inf", "generalized_mean gamma=0"}
     for png in ("gamma.png", "pareto.png"):
         assert (study / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -162,4 +168,177 @@ def test_labels_show_only_the_hyperparameters_that_vary(tmp_path: Path,
                  params={"gamma": gamma, "eps": 1e-8})
     make_job(tmp_path, "2_db", "db_mtl", 0, {"cls": 0.9}, params={"ema_beta": 0.9, "eps": 1e-8})
     labels = set(rows_by_label(report_json(capsys, str(tmp_path))))
-    assert labels == {"generalized_mean gamma=0.5", "generalized_mean gamma=2.0", "db_mtl"}
+    assert labels == {"generalized_mean gamma=0.5", "generalized_mean gamma=2", "db_mtl"}
+
+
+# ----------------------------------------------------------------------------- issue fixes
+def set_mtime(job: Path, seconds: float) -> None:
+    os.utime(job / "metrics.json", (seconds, seconds))
+
+
+def test_duplicate_seeds_count_once_newest_kept(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The same (configuration, seed) in two sweep dirs is used once: the newest metrics.json."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    set_mtime(make_job(a, "0", "equal", 0, {"cls": 0.1}), 1000)  # dropped (older)
+    set_mtime(make_job(a, "1", "equal", 1, {"cls": 0.6}), 3000)  # kept (newer)
+    set_mtime(make_job(b, "0", "equal", 0, {"cls": 0.8}), 2000)  # kept
+    set_mtime(make_job(b, "1", "equal", 1, {"cls": 0.9}), 2000)  # dropped
+    set_mtime(make_job(a, "2", "realtime", 0, {"cls": 0.3}), 5000)  # same mtime: later path wins
+    set_mtime(make_job(b, "2", "realtime", 0, {"cls": 0.4}), 5000)
+    document = report_json(capsys, str(a), str(b), "--no-files")
+    rows = rows_by_label(document)
+    assert rows["equal"]["seeds"] == [0, 1]
+    assert sorted(rows["equal"]["tasks"]["cls"]["values"]) == [0.6, 0.8]
+    assert rows["equal"]["tasks"]["cls"]["std"] == pytest.approx(math.sqrt(0.02))
+    assert rows["realtime"]["seeds"] == [0] and rows["realtime"]["tasks"]["cls"]["mean"] == 0.4
+    dropped = {str(Path(p["path"]).relative_to(tmp_path)): p for p in document["problems"]}
+    assert set(dropped) == {"a/0", "b/1", "a/2"}
+    assert {p["problem"] for p in dropped.values()} == {"duplicate seed"}
+    assert str(b / "0") in dropped["a/0"]["error"]
+    assert main([str(a), str(b), "--no-files"]) == 0
+    table = capsys.readouterr().out
+    assert "| equal " in table and "| 2     |" in table.split("| equal")[1]
+    assert f"**duplicate seed** `{a / '0'}`" in table
+
+
+def test_gamma_rows_sort_numerically(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gammas = [2.0, -0.5, math.inf, 0.0, -math.inf, 0.5, -2.0, 10.0]
+    for i, gamma in enumerate(gammas):
+        make_job(tmp_path, f"{i}", "generalized_mean", 0, {"cls": 0.5}, params={"gamma": gamma})
+    expected = [f"generalized_mean gamma={g}" for g in ("-inf", "-2", "-0.5", "0", "0.5", "2",
+                                                        "10", "inf")]
+    assert [r["label"] for r in report_json(capsys, str(tmp_path), "--no-files")["rows"]] \
+        == expected
+    assert main([str(tmp_path), "--no-files"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "generalized_mean" in line]
+    assert [line.split("|")[1].strip() for line in lines] == expected
+
+
+def test_single_seed_spread_is_a_dash(tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    make_job(tmp_path / "runs", "0", "equal", 0, {"cls": 0.5, "reg": 1.0})
+    assert main([str(tmp_path / "runs")]) == 0
+    table = capsys.readouterr().out
+    assert "| 0.5 ± —" in table and "| 1 ± —" in table and "± 0 " not in table
+    equal = rows_by_label(report_json(capsys, str(tmp_path / "runs")))["equal"]
+    assert equal["tasks"]["cls"]["std"] is None and equal["tasks"]["cls"]["mean"] == 0.5
+    with (tmp_path / "runs" / "report.csv").open() as handle:
+        row = next(csv.DictReader(handle))
+    assert row["cls/accuracy/std"] == "" and row["cls/accuracy/mean"] == "0.5"
+
+
+def test_pareto_plot_numbers_points_with_a_key_and_clips_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    saved: dict[str, Figure] = {}
+    original = Figure.savefig
+
+    def record(self: Figure, fname: Any, *args: Any, **kwargs: Any) -> None:
+        saved[Path(fname).name] = self
+        original(self, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    n = 35
+    for i in range(n):  # clustered points with long labels
+        make_job(tmp_path, f"{i}", "generalized_mean", 0,
+                 {"cls": 0.8 + i / 1e4, "reg": 1.0 - i / 1e4}, params={"gamma": i / 10},
+                 overrides=[f"data.tasks.reg.loss_scale={i + 1}"])
+    assert main([str(tmp_path)]) == 0
+    labels = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines()
+              if "generalized_mean" in line]
+    fig = saved["pareto.png"]
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    (ax,) = fig.axes
+    key = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert key == [f"{i}  {label}" for i, label in enumerate(labels, start=1)]
+    assert sorted(t.get_text() for t in ax.texts) == sorted(str(i) for i in range(1, n + 1))
+    boxes = [ax.get_tightbbox(renderer), *(t.get_window_extent(renderer) for t in ax.texts),
+             *(legend.get_window_extent(renderer) for legend in fig.legends)]
+    for box in boxes:
+        assert box.x0 >= -1 and box.y0 >= -1
+        assert box.x1 <= fig.bbox.width + 1 and box.y1 <= fig.bbox.height + 1
+
+
+def test_float_labels_are_compact_and_round_trip(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    values = {1e8: "1e+08", 1e-08: "1e-08", 0.5: "0.5", 1000.0: "1000", 123456789.0: "123456789",
+              0.1 + 0.2: "0.30000000000000004", -math.inf: "-inf", 2.5e-5: "2.5e-05"}
+    for i, gamma in enumerate(values):
+        make_job(tmp_path, f"{i}", "generalized_mean", 0, {"cls": 0.5}, params={"gamma": gamma})
+    labels = set(rows_by_label(report_json(capsys, str(tmp_path), "--no-files")))
+    assert labels == {f"generalized_mean gamma={text}" for text in values.values()}
+    for gamma, text in values.items():
+        assert float(text) == gamma
+
+
+def test_says_where_files_were_written(study: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = study / "out"
+    assert main([str(study), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err == f"Wrote report.md, report.csv, report.json, pareto.png in {out}\n"
+    for name in ("report.md", "report.csv", "report.json", "pareto.png"):
+        assert (out / name).is_file()
+    assert json.loads((out / "report.json").read_text())["counts"]["finished"] == 8
+    assert main([str(study), "--no-files", "--format", "json"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_help_shows_delta_m_percent(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "Δm%" in text and "%%" not in text
+
+
+def test_report_imports_nothing_heavy(study: Path) -> None:
+    code = ("import sys; from mtlbench.report import main; "
+            "assert main([sys.argv[1], '--no-files', '--format', 'json']) == 0; "
+            "heavy = [m for m in ('torch', 'matplotlib', 'numpy', 'hydra', 'mtlbench.train') "
+            "if m in sys.modules]; assert not heavy, heavy")
+    done = subprocess.run([sys.executable, "-c", code, str(study)], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_null_metric_is_missing_and_listed(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """null (non-finite) test metrics are left out of that task's mean; new top-level keys are
+    ignored; the run is listed as "non-finite metric"."""
+    extra = {"nonfinite": ["tasks.cls.accuracy"], "fingerprint": "abc", "config": {"seed": 2},
+             "selected": {"step": 3}, "last": {"tasks": {"cls": {"accuracy": 0.1}}}}
+    make_job(tmp_path, "0", "equal", 0, {"cls": 0.6, "reg": 1.0})
+    make_job(tmp_path, "1", "equal", 1, {"cls": 0.8, "reg": 2.0})
+    bad = make_job(tmp_path, "2", "equal", 2, {"cls": None, "reg": 3.0}, extra=extra)
+    make_job(tmp_path, "3", "realtime", 0, {"cls": 0.9, "reg": None}, extra=extra)
+    document = report_json(capsys, str(tmp_path), "--no-files")
+    assert document["counts"] == {"finished": 4, "failed": 0, "unfinished": 0}
+    rows = rows_by_label(document)
+    assert rows["equal"]["seeds"] == [0, 1, 2]
+    assert rows["equal"]["tasks"]["cls"]["mean"] == pytest.approx(0.7)
+    assert rows["equal"]["tasks"]["reg"]["mean"] == pytest.approx(2.0)
+    assert rows["realtime"]["tasks"]["reg"]["mean"] is None
+    problems = {Path(p["path"]).name: p for p in document["problems"]}
+    assert problems["2"]["problem"] == "non-finite metric" and "cls" in problems["2"]["error"]
+    assert problems["2"]["status"] == "finished" and set(problems) == {"2", "3"}
+    assert main([str(tmp_path), "--no-files"]) == 0
+    table = capsys.readouterr().out
+    assert f"**non-finite metric** `{bad}`" in table
+    assert "0.7 ± 0.1414 (n=2)" in table
+
+
+def test_finished_run_stays_finished_beside_a_newer_error_json(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    job = make_job(tmp_path, "0", "equal", 0, {"cls": 0.5}, error="rejected resume")
+    set_mtime(job, 1000)  # error.json (written now) is newer
+    failed = make_job(tmp_path, "1", "equal", 1, None, error="diverged")
+    document = report_json(capsys, str(tmp_path), "--no-files")
+    assert document["counts"] == {"finished": 1, "failed": 1, "unfinished": 0}
+    assert [Path(p["path"]) for p in document["problems"]] == [failed]
+    assert rows_by_label(document)["equal"]["seeds"] == [0]
