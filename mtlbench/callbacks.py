@@ -1,11 +1,12 @@
-"""Hydra callback: failed jobs are recorded (``error.json``) and summarized at the multirun's end.
+"""Hydra callback: failed jobs are counted and summarized at the multirun's end.
 
-``cli._train`` already writes ``error.json`` for an :class:`~mtlbench.errors.MtlbenchError` and
-returns nan, so the sweep goes on. An unexpected exception is caught by Hydra's ``run_job`` (the
-other jobs of the batch still run); :meth:`JobStatusReport.on_job_end` then writes ``error.json``
-for it too, so ``mtlbench report`` lists it. With the basic sweeper, Hydra re-raises that exception
-once the batch is done (exit status 1) and skips ``on_multirun_end``; with the optuna sweeper a
-failed trial is told FAIL and the study goes on (up to ``max_failure_rate``).
+In a multirun ``cli._train`` catches every failure of a job, writes its ``error.json`` (with the
+traceback of an unexpected exception) and returns nan, so the sweep goes on and Hydra never
+re-raises. :meth:`JobStatusReport.on_job_end` counts the jobs (in this process: basic and optuna
+sweepers), :meth:`~JobStatusReport.on_multirun_end` counts them again from disk (parallel launchers
+run jobs elsewhere) and logs the summary; ``mtlbench train -m`` then exits 1 if any job failed.
+With the optuna sweeper a nan result becomes a failed trial (told FAIL), so the study goes on (up
+to ``max_failure_rate``).
 """
 
 from __future__ import annotations
@@ -56,17 +57,31 @@ def mark_nan_failed(config: DictConfig, job_return: JobReturn) -> None:
 
 
 class JobStatusReport(Callback):
-    """Records unexpected job failures and logs a finished / failed / unfinished summary."""
+    """Logs a finished / failed / unfinished summary of the multirun.
+
+    ``finished`` / ``failed``: class-level job counts (``cli._train`` counts the jobs it runs; the
+    summary recounts from disk), read by ``mtlbench.cli`` for the exit status.
+    """
+
+    finished = 0
+    failed = 0
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.finished = cls.failed = 0
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status == JobStatus.COMPLETED and optimizing_sweeper(config):
             mark_nan_failed(config, job_return)
         if job_return.status != JobStatus.FAILED:
             return
-        run_dir = Path(config.hydra.runtime.output_dir)
-        error = job_return._return_value
-        if isinstance(error, BaseException) and not (run_dir / "error.json").exists():
-            write_error(run_dir, error)
+        run_dir, error = Path(config.hydra.runtime.output_dir), job_return._return_value
+        if isinstance(error, BaseException) and not isinstance(error, JobFailed):
+            from mtlbench.rundir import may_record_failure
+
+            JobStatusReport.failed += 1  # raised past cli._train (which counts its own)
+            if may_record_failure(run_dir) and not (run_dir / "error.json").exists():
+                write_error(run_dir, error)
         log.error("Job %s failed: %s: %s", run_dir.name, type(error).__name__, error)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -77,9 +92,10 @@ class JobStatusReport(Callback):
             return
         runs = [read_run(p) for p in find_job_dirs(sweep_dir)]
         bad = [r for r in runs if r.status != "finished"]
+        failed = sum(r.status == "failed" for r in bad)
+        JobStatusReport.finished, JobStatusReport.failed = len(runs) - len(bad), len(bad)
         summary = (f"Multirun done in {sweep_dir}: {len(runs) - len(bad)} finished, "
-                   f"{sum(r.status == 'failed' for r in bad)} failed, "
-                   f"{sum(r.status == 'unfinished' for r in bad)} unfinished.")
+                   f"{failed} failed, {len(bad) - failed} unfinished.")
         if not bad:
             log.info("%s Compare: mtlbench report %s", summary, sweep_dir)
             return

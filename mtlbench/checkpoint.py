@@ -1,4 +1,4 @@
-"""Atomic checkpoints in ``<run_dir>/checkpoints/`` and automatic resume from the newest one.
+"""Atomic checkpoints in ``<run_dir>/checkpoints/``; a re-run resumes from the newest one.
 
 A checkpoint holds the model, optimizer, LR scheduler and strategy state, the RNG states of torch
 (CPU and CUDA), numpy and Python, and the step. The data order is a pure function of (seed, step),
@@ -37,12 +37,6 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def remove_all(run_dir: Path) -> None:
-    """Delete every checkpoint of ``run_dir`` (``trainer.resume=fresh``)."""
-    for _, path in list_checkpoints(run_dir):
-        path.unlink()
-
-
 def _rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state: dict[str, Any] = {
@@ -67,13 +61,17 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         scheduler: Any, strategy: Any, keep: int, counters: dict[str, int] | None = None) -> Path:
+         scheduler: Any, strategy: Any, keep: int, counters: dict[str, int] | None = None,
+         config: dict[str, Any] | None = None) -> Path:
     """Write ``checkpoints/step_<step>.pt`` atomically and delete all but the newest ``keep``.
 
-    ``counters``: the loop's own running counts (e.g. skipped steps), restored by :func:`resume`.
+    ``counters``: the loop's own running counts (e.g. skipped steps), restored by :func:`restore`;
+    ``config``: the result-affecting config values (:func:`mtlbench.rundir.result_config`), which a
+    resume must match.
     """
     state = {
         "step": step,
+        "config": dict(config or {}),
         "counters": dict(counters or {}),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -90,28 +88,37 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.opti
     return path
 
 
-def resume(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-           scheduler: Any, strategy: Any) -> tuple[int, dict[str, int]]:
-    """Load the newest checkpoint of ``run_dir`` if any; returns the step to continue from (0 if
-    none) and the loop's counters saved with it.
-
-    A checkpoint that cannot be read is reported (with its path) and training refuses to start.
-    """
-    found = list_checkpoints(run_dir)
-    if not found:
-        return 0, {}
-    step, path = found[-1]
+def load(path: Path) -> dict[str, Any]:
+    """Read checkpoint ``path`` (``weights_only=True``); a file that does not load is corrupt."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to read means corrupt
+        raise CheckpointError(
+            f"Checkpoint {path} is corrupt ({type(exc).__name__}); refusing to resume. "
+            f"Delete it to resume from an older one, or use a new hydra.run.dir to start fresh."
+        ) from None
+
+
+def restore(state: dict[str, Any], path: Path, model: torch.nn.Module,
+            optimizer: torch.optim.Optimizer, scheduler: Any,
+            strategy: Any) -> tuple[int, dict[str, int]]:
+    """Put a loaded checkpoint's state into the run; returns its step and the loop's counters.
+
+    The config was matched before (:meth:`mtlbench.rundir.RunDir.inspect`), so a state that does
+    not fit means the code changed between the two runs, not that the file is damaged.
+    """
+    try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state["scheduler"] is not None:
             scheduler.load_state_dict(state["scheduler"])
         strategy.load_state_dict(state["strategy"])
         _set_rng_state(state["rng"])
-    except Exception as exc:  # noqa: BLE001 - any failure to read means corrupt
+    except Exception as exc:  # noqa: BLE001 - reported as one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise CheckpointError(
-            f"Checkpoint {path} is corrupt ({type(exc).__name__}); refusing to resume. "
-            f"Delete it to resume from an older one, or use a new hydra.run.dir to start fresh."
+            f"Checkpoint {path} loads but does not fit this run ({type(exc).__name__}: "
+            f"{first[:200]}); was it written by another mtlbench version? Use trainer.resume=fresh "
+            "or another hydra.run.dir."
         ) from None
     return int(state["step"]), dict(state.get("counters", {}))

@@ -1,4 +1,8 @@
-"""``mtlbench <subcommand>``: ``train`` (the Hydra app) and ``report``. Kept thin on purpose."""
+"""``mtlbench <subcommand>``: ``train`` (the Hydra app) and ``report``. Kept thin on purpose.
+
+Imports are deferred to where they are used, so ``mtlbench --help``, ``mtlbench train --help`` and
+``mtlbench report`` answer without importing torch.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +11,12 @@ import math
 import os
 import re
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import hydra
-import hydra._internal.hydra as _hydra_internal
-import hydra._internal.utils as _hydra_utils
-from hydra.core.hydra_config import HydraConfig
-from hydra.errors import MissingConfigException
-from hydra.types import RunMode
-from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
-
-from mtlbench.config import register_configs
-from mtlbench.errors import MtlbenchError
-from mtlbench.files import write_error
+from mtlbench.errors import ConfigError, MtlbenchError
 
 log = logging.getLogger("mtlbench")
 
@@ -33,25 +27,99 @@ commands:
   report   compare finished runs: `mtlbench report DIR [DIR ...]` (`mtlbench report --help`)
 """
 
+#: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
 
-def _train(cfg: DictConfig) -> float:
-    """The Hydra task function: one run in Hydra's output dir. Returns ``trainer.report_metric``."""
-    from mtlbench.train import run
+
+def _train(cfg: Any) -> float:
+    """The Hydra task function: one run in Hydra's output dir. Returns ``trainer.report_metric``.
+
+    A single run reports a user error as one line (exit 1) and lets a bug show its traceback. In a
+    multirun no job's failure escapes: it is written to the job's ``error.json`` (with the
+    traceback of an unexpected one) and logged in one line, the job returns nan, and the sweep
+    goes on; ``main`` exits non-zero after the summary.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from mtlbench.callbacks import JobStatusReport
+    from mtlbench.train import Interrupted, run
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     strategy = hc.runtime.choices.get("strategy") or "custom"
     single = hc.mode == RunMode.RUN
+    config_files = job_config_files(cfg, hc)
     try:
-        metrics = run(cfg, run_dir, strategy, interactive=single and sys.stderr.isatty())
+        metrics = run(cfg, run_dir, strategy, interactive=single and sys.stderr.isatty(),
+                      config_files=config_files)
+    except Interrupted as exc:
+        log_to_file(logging.WARNING, str(exc))
+        sys.stderr.write(f"mtlbench: {exc}\n")
+        sys.exit(EXIT_INTERRUPTED)
     except MtlbenchError as exc:
-        write_error(run_dir, exc)
+        JobStatusReport.failed += 1
+        record_failure(run_dir, exc, config_files)
         if single:
             sys.stderr.write(f"mtlbench: error: {exc}\n")
             sys.exit(1)
-        log.error("%s", exc)
+        log.error("Job %s failed: %s", run_dir.name, exc)
         return math.nan
+    except Exception as exc:
+        JobStatusReport.failed += 1
+        record_failure(run_dir, exc, config_files, with_traceback=True)
+        if single:
+            raise
+        log.error("Job %s failed with an unexpected %s: %s (traceback in %s)", run_dir.name,
+                  type(exc).__name__, first_line(exc), run_dir / "error.json")
+        return math.nan
+    JobStatusReport.finished += 1
     return metric_value(metrics, cfg.trainer.report_metric)
+
+
+def job_config_files(cfg: Any, hc: Any) -> dict[str, str]:
+    """``.hydra/`` files as Hydra writes them (config.yaml, hydra.yaml, overrides.yaml), written by
+    the run itself once it is accepted (``hydra.output_subdir`` is null), so a rejected re-run
+    never replaces those of an earlier run."""
+    from omegaconf import OmegaConf
+
+    return {
+        "config.yaml": OmegaConf.to_yaml(cfg),
+        "hydra.yaml": OmegaConf.to_yaml({"hydra": hc}),
+        "overrides.yaml": OmegaConf.to_yaml(list(hc.overrides.task)),
+    }
+
+
+def record_failure(run_dir: Path, exc: BaseException, config_files: dict[str, str],
+                   with_traceback: bool = False) -> None:
+    """Write ``error.json`` (and ``.hydra/`` if the run never got to write it) and put the error
+    into ``cli.log``, unless the dir holds another run's result or is in use by another process
+    (:func:`mtlbench.rundir.may_record_failure`)."""
+    from mtlbench.files import atomic_write_bytes, write_error
+    from mtlbench.rundir import may_record_failure
+
+    log_to_file(logging.ERROR, f"{type(exc).__name__}: {exc}", exc if with_traceback else None)
+    if may_record_failure(run_dir):
+        tb = "".join(traceback.format_exception(exc)) if with_traceback else None
+        write_error(run_dir, exc, tb)
+        for name, text in config_files.items():
+            if not (run_dir / ".hydra" / name).exists():
+                atomic_write_bytes(run_dir / ".hydra" / name, text.encode())
+
+
+def log_to_file(level: int, message: str, exc: BaseException | None = None) -> None:
+    """Put ``message`` into the job's log file (``cli.log``) only; the console gets its one line
+    from the caller."""
+    record = logging.LogRecord("mtlbench", level, __file__, 0, message, None,
+                               (type(exc), exc, exc.__traceback__) if exc else None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else repr(exc)
 
 
 def metric_value(metrics: dict, name: str | None) -> float:
@@ -60,19 +128,25 @@ def metric_value(metrics: dict, name: str | None) -> float:
         return math.nan
     split, metric, task = name.split("/")
     source = metrics["val"] if split == "val" else metrics["tasks"]
-    return float(source[task][metric])
-
-
-_train_app = hydra.main(version_base="1.3", config_path="pkg://mtlbench.conf",
-                        config_name="config")(_train)
+    value = source[task][metric]
+    return math.nan if value is None else float(value)
 
 
 def one_line(exc: BaseException) -> str:
     """A one-line message for a configuration error raised while Hydra composes the config."""
-    if isinstance(exc, MissingConfigException) and exc.options:
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(exc, MissingConfigException) and exc.options is not None:
         group, _, name = str(exc.missing_cfg_file or "").rpartition("/")
+        hint = ""
+        if group.startswith(("hydra/launcher", "hydra/sweeper")):
+            hint = " (launcher and sweeper plugins: pip install 'mtlbench[sweeps]')"
         return (f"`{group or 'config'}={name}` is not a known option; accepted: "
-                f"{', '.join(sorted(exc.options))}.")
+                f"{', '.join(sorted(exc.options)) or '(none installed)'}{hint}.")
+    if isinstance(exc, OSError) and exc.filename:
+        return (f"cannot write `{exc.filename}` ({exc.strerror}); set hydra.run.dir (or "
+                "hydra.sweep.dir) to a writable folder.")
     head = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     cause = exc if isinstance(exc, OmegaConfBaseException) else exc.__cause__
     if isinstance(cause, OmegaConfBaseException):
@@ -86,22 +160,56 @@ def one_line(exc: BaseException) -> str:
 def _report_errors_on_one_line(func: Callable[[], Any]) -> Any:
     """Replacement for Hydra's ``run_and_report``: user errors become one line on stderr + exit 1.
 
-    Anything else (a bug) keeps Hydra's own reporting, with its trimmed traceback.
+    User errors: ours, OmegaConf's and Hydra's, and an output location that cannot be written.
+    A sweep whose every job failed ends the same way (the Optuna sweeper raises when no trial
+    completed). Anything else (a bug) keeps Hydra's own reporting, with its trimmed traceback.
     """
+    import hydra
+    from omegaconf.errors import OmegaConfBaseException
+
+    from mtlbench.callbacks import JobStatusReport
+
     try:
         return func()
-    except (MtlbenchError, OmegaConfBaseException, hydra.errors.HydraException) as exc:
+    except (MtlbenchError, OmegaConfBaseException, hydra.errors.HydraException, OSError) as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        cause = exc.__cause__ if isinstance(exc.__cause__, MtlbenchError) else exc
+        cause = exc.__cause__ if isinstance(exc.__cause__, (MtlbenchError, OSError)) else exc
         sys.stderr.write(f"mtlbench: error: {one_line(cause)}\n")
         sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - delegate to Hydra's reporting
+        failed, finished = JobStatusReport.failed, JobStatusReport.finished
+        if failed and not finished and os.environ.get("HYDRA_FULL_ERROR") != "1":
+            sys.stderr.write(f"mtlbench: error: all {failed} jobs of the sweep failed; each job's "
+                             "error.json says why.\n")
+            sys.exit(1)
         error = exc
         return _original_run_and_report(lambda: (_ for _ in ()).throw(error))
 
 
-_original_run_and_report = _hydra_utils.run_and_report
+_original_run_and_report: Callable[..., Any] = lambda func: func()  # noqa: E731 - set in main
+
+
+def check_number_literals(overrides: list[str]) -> None:
+    """Reject an override whose number is beyond float64 (``1e400`` would silently become inf,
+    ``1e-400`` zero); ``inf``/``-inf`` must be written as such."""
+    for arg in overrides:
+        key, sep, value = arg.partition("=")
+        if not sep or key.startswith("-"):
+            continue
+        for item in re.split(r"[,\[\]]", value):
+            text = item.strip()
+            if not re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", text):
+                continue
+            number = float(text)
+            if math.isinf(number) or (number == 0 and re.search(r"[1-9]", text.split("e")[0]
+                                                                  .split("E")[0])):
+                what = "inf" if math.isinf(number) else "0"
+                raise ConfigError(
+                    f"`{key.lstrip('+~')}={text}` is beyond float64's range and would silently "
+                    f"become {what}; write inf / -inf explicitly, or a number within ±1.8e308 "
+                    "(smallest 5e-324)."
+                )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,18 +219,56 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "train":
-        register_configs()
-        _hydra_utils.run_and_report = _report_errors_on_one_line
-        _hydra_internal.run_and_report = _report_errors_on_one_line
-        sys.argv = ["mtlbench train", *rest]
-        _train_app()
-        return 0
+        return train_main(rest)
     if command == "report":
         from mtlbench.report import main as report_main
 
         return report_main(rest)
     print(f"mtlbench: unknown command `{command}`; accepted: train, report.", file=sys.stderr)
     return 2
+
+
+def train_main(args: list[str]) -> int:
+    """``mtlbench train``: our own fast ``--help``; everything else goes to the Hydra app."""
+    if any(a in ("-h", "--help") for a in args):
+        from mtlbench.help import train_help
+
+        print(train_help(), end="")
+        return 0
+    try:
+        check_number_literals(args)
+    except ConfigError as exc:
+        sys.stderr.write(f"mtlbench: error: {exc}\n")
+        return 1
+    from mtlbench.threads import prepare_process_env
+
+    prepare_process_env()
+    import hydra
+    import hydra._internal.hydra as hydra_internal
+    import hydra._internal.utils as hydra_utils
+
+    from mtlbench.callbacks import JobStatusReport
+    from mtlbench.config import register_configs
+
+    global _original_run_and_report
+    register_configs()
+    if hydra_utils.run_and_report is not _report_errors_on_one_line:
+        _original_run_and_report = hydra_utils.run_and_report
+    hydra_utils.run_and_report = _report_errors_on_one_line
+    hydra_internal.run_and_report = _report_errors_on_one_line
+    app = hydra.main(version_base="1.3", config_path="pkg://mtlbench.conf",
+                     config_name="config")(_train)
+    JobStatusReport.reset()
+    argv, sys.argv = sys.argv, ["mtlbench train", *args]
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("mtlbench: interrupted (Ctrl-C) without writing a new checkpoint; "
+                         "checkpoints already in the run dir are kept.\n")
+        return EXIT_INTERRUPTED
+    finally:
+        sys.argv = argv
+    return 1 if JobStatusReport.failed else 0
 
 
 if __name__ == "__main__":

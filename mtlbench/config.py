@@ -13,25 +13,22 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from hydra.utils import get_object
+from omegaconf import MISSING, DictConfig, OmegaConf
 
-from mtlbench.data.gradnorm_toy import GradNormToyDataConfig
-from mtlbench.data.pairs import MultiFashionConfig, MultiFashionMNISTConfig, MultiMNISTConfig
-from mtlbench.data.synthetic import SyntheticDataConfig
 from mtlbench.errors import ConfigError
-from mtlbench.models.lenet import LeNetConfig
-from mtlbench.models.mlp import MLPConfig
 
-#: Schemas of the group options: (group, name) → dataclass. A YAML option extends one with
-#: ``defaults: [/schema/<group>/<name>@_here_]``.
-SCHEMAS: dict[tuple[str, str], type] = {
-    ("data", "synthetic"): SyntheticDataConfig,
-    ("data", "gradnorm_toy"): GradNormToyDataConfig,
-    ("model", "mlp"): MLPConfig,
-    ("data", "multimnist"): MultiMNISTConfig,
-    ("data", "multifashion"): MultiFashionConfig,
-    ("data", "multifashion_mnist"): MultiFashionMNISTConfig,
-    ("model", "lenet"): LeNetConfig,
+#: Schemas of the group options: (group, name) → dataclass (dotted path, imported when the configs
+#: are registered, so that ``mtlbench train --help`` needs no torch). A YAML option extends one
+#: with ``defaults: [/schema/<group>/<name>@_here_]``.
+SCHEMAS: dict[tuple[str, str], str] = {
+    ("data", "synthetic"): "mtlbench.data.synthetic.SyntheticDataConfig",
+    ("data", "gradnorm_toy"): "mtlbench.data.gradnorm_toy.GradNormToyDataConfig",
+    ("model", "mlp"): "mtlbench.models.mlp.MLPConfig",
+    ("data", "multimnist"): "mtlbench.data.pairs.MultiMNISTConfig",
+    ("data", "multifashion"): "mtlbench.data.pairs.MultiFashionConfig",
+    ("data", "multifashion_mnist"): "mtlbench.data.pairs.MultiFashionMNISTConfig",
+    ("model", "lenet"): "mtlbench.models.lenet.LeNetConfig",
 }
 
 
@@ -70,6 +67,7 @@ class TrainerConfig:
     deterministic: bool = False
     progress: str = "auto"
     on_nonfinite: str = "error"
+    max_skip_fraction: float = 0.1
     num_threads: int = 0
     retain_cpu_memory: bool = True
     report_metric: Optional[str] = None  # noqa: UP045
@@ -89,15 +87,21 @@ class Config:
 
 
 def register_configs() -> None:
-    """Store the root schema and every group schema in Hydra's ConfigStore (idempotent)."""
+    """Store the root schema and every group schema in Hydra's ConfigStore, and register the
+    ``mtlbench.new_dir`` resolver of the default run dirs (idempotent)."""
+    from mtlbench.rundir import new_dir
+
+    if not OmegaConf.has_resolver("mtlbench.new_dir"):
+        OmegaConf.register_new_resolver("mtlbench.new_dir", new_dir, use_cache=True)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     for (group, name), schema in SCHEMAS.items():
-        cs.store(group=f"schema/{group}", name=name, node=schema)
+        cs.store(group=f"schema/{group}", name=name, node=get_object(schema))
     cs.store(group="schema/optimizer", name="adam", node=AdamConfig)
     cs.store(group="schema/optimizer", name="sgd", node=SGDConfig)
 
 
+MAX_SEED = 2**63 - 1
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -132,6 +136,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"`optimizer.lr` must be a finite number > 0. Found `optimizer.lr = {lr}`."
         )
+    if not (0 <= t.max_skip_fraction < 1):
+        raise ConfigError("`trainer.max_skip_fraction` must be in [0, 1). "
+                          f"Found `trainer.max_skip_fraction = {t.max_skip_fraction}`.")
+    if not isinstance(cfg.seed, int) or not 0 <= cfg.seed <= MAX_SEED:
+        raise ConfigError(f"`seed` must be an integer in [0, {MAX_SEED}] (2**63 - 1). "
+                          f"Found `seed = {cfg.seed}`.")
     if not (0 < t.lr_decay <= 1):
         raise ConfigError(
             f"`trainer.lr_decay` must be in (0, 1]. Found `trainer.lr_decay = {t.lr_decay}`."

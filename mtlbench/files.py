@@ -25,12 +25,16 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """``obj`` as indented JSON at ``path``, written atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+    """``obj`` as indented, strict JSON at ``path`` (a non-finite float is an error, never
+    ``Infinity``), written atomically."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
 
 
-def write_error(run_dir: Path, error: BaseException) -> None:
-    """``<run_dir>/error.json`` = ``{"error": first line of the message, "type": class name}``."""
+def write_error(run_dir: Path, error: BaseException, traceback: str | None = None) -> None:
+    """``<run_dir>/error.json`` = ``{"error": first line of the message, "type": class name}``,
+    plus ``"traceback"`` for an unexpected exception."""
     text = str(error).strip()
-    write_json_atomic(run_dir / "error.json", {
-        "error": text.splitlines()[0] if text else repr(error), "type": type(error).__name__})
+    record = {"error": text.splitlines()[0] if text else repr(error), "type": type(error).__name__}
+    if traceback:
+        record["traceback"] = traceback
+    write_json_atomic(run_dir / "error.json", record)

@@ -25,9 +25,11 @@ def accepted_parameters(target: str) -> list[str]:
 
 def with_group_prefix(message: str, group: str) -> str:
     """Name hyperparameters by their config key: ``Parameter `gamma`… `gamma = nan``` becomes
-    ``Parameter `strategy.gamma`… `strategy.gamma = nan``` (names already prefixed are kept)."""
-    return re.sub(r"(Parameter `|Found `)(?!" + re.escape(group) + r"\.)(\w)", rf"\1{group}.\2",
-                  message)
+    ``Parameter `strategy.gamma`… `strategy.gamma = nan``` (names already prefixed are kept; a bare
+    value, ``Found `nan```, is not a name)."""
+    own = r"(?!" + re.escape(group) + r"\.)"
+    message = re.sub(r"(Parameter `)" + own + r"(?=\w)", rf"\1{group}.", message)
+    return re.sub(r"(Found `)" + own + r"(?=[\w.]+ = )", rf"\1{group}.", message)
 
 
 def instantiate_group(group: str, node: Any, **kwargs: Any) -> Any:

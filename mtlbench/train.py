@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +21,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from mtlbench import checkpoint
+from mtlbench import checkpoint, rundir
 from mtlbench.allocator import retain_freed_memory
 from mtlbench.config import validate
 from mtlbench.data import MultiTaskData, Split, build_data
-from mtlbench.errors import ConfigError, TrainingDiverged
+from mtlbench.errors import ConfigError, MtlbenchError, TrainingDiverged
 from mtlbench.files import write_json_atomic
 from mtlbench.gradients import (
     TaskGradients,
@@ -39,16 +41,38 @@ from mtlbench.progress import Progress
 from mtlbench.strategies.base import GradientStats, SetupContext, Strategy
 from mtlbench.tasks import TaskSpec
 from mtlbench.tb import RunLogger, flatten_hparams
+from mtlbench.threads import apply_num_threads
 
 log = logging.getLogger("mtlbench")
 
 
 # ----------------------------------------------------------------------------- setup helpers
 def resolve_device(name: str) -> torch.device:
-    """``auto`` → cuda if available, else cpu; anything else as given."""
+    """``auto`` → cuda if available, else cpu; anything else as given, if this machine has it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            why = (f"this torch ({torch.__version__}) has no CUDA" if torch.version.cuda is None
+                   else f"{count} CUDA device(s) visible")
+            raise ConfigError(f"`trainer.device={name}` is not available ({why}); accepted here: "
+                              f"{', '.join(available_devices())}.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"`trainer.device={name}` is not available (no MPS backend); accepted "
+                          f"here: {', '.join(available_devices())}.")
+    return device
+
+
+def available_devices() -> list[str]:
+    """The ``trainer.device`` values this machine can run."""
+    names = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    if torch.backends.mps.is_available():
+        names.append("mps")
+    return names
 
 
 def seed_everything(seed: int) -> None:
@@ -62,7 +86,7 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> Tensor:
     partial batch dropped. A pure function of ``step``, so resuming needs no data-order state."""
     per_epoch = max(n // batch_size, 1)
     epoch, i = divmod(step, per_epoch)
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    gen = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**64)
     perm = torch.randperm(n, generator=gen)
     return perm[i * batch_size:(i + 1) * batch_size]
 
@@ -204,88 +228,218 @@ def summary_table(tasks: list[TaskSpec], metrics: dict[str, dict[str, float]]) -
 
 
 # ----------------------------------------------------------------------------- the run
-def run(cfg: DictConfig, run_dir: Path, strategy_name: str, *,
-        interactive: bool = False) -> dict[str, Any]:
-    """Train one configuration in ``run_dir``; returns the metrics written to ``metrics.json``."""
+def run(cfg: DictConfig, run_dir: Path, strategy_name: str, *, interactive: bool = False,
+        config_files: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train one configuration in ``run_dir``; returns the metrics written to ``metrics.json``.
+
+    The dir is owned for the whole run (:class:`mtlbench.rundir.RunDir`); everything is validated
+    and built before the first write; a finished run of the same config is returned untouched.
+    ``config_files``: ``.hydra/<name>`` texts to record once the run is accepted.
+    """
     validate(cfg)
     tcfg = cfg.trainer
-    if tcfg.num_threads > 0:
-        torch.set_num_threads(tcfg.num_threads)
-    if tcfg.retain_cpu_memory:
-        retain_freed_memory()
-    seed_everything(cfg.seed)
-    if tcfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
     device = resolve_device(tcfg.device)
-    data = build_data(cfg.data, cfg.seed).to(device)
-    strategy: Strategy = instantiate_group("strategy", cfg.strategy, _convert_="all")
-    model = build_model(cfg.model, data.input_shape, data.tasks).to(device)
-    optimizer = instantiate_group("optimizer", cfg.optimizer, params=model.parameters())
-    scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, tcfg.lr_decay_every, tcfg.lr_decay)
-                 if tcfg.lr_decay_every > 0 else None)
-    tasks, names = data.tasks, [t.name for t in data.tasks]
-    check_report_metric(tcfg.report_metric, tasks)
+    values = rundir.result_config(OmegaConf.to_container(cfg, resolve=True))
+    with rundir.RunDir(run_dir) as owned:
+        threads = apply_num_threads(tcfg.num_threads)
+        log.info("CPU threads: %d (trainer.num_threads=%d)", threads, tcfg.num_threads)
+        if tcfg.retain_cpu_memory:
+            retain_freed_memory()
+        seed_everything(cfg.seed)
+        if tcfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        data = build_data(cfg.data, cfg.seed).to(device)
+        strategy: Strategy = instantiate_group("strategy", cfg.strategy, _convert_="all")
+        model = build_model(cfg.model, data.input_shape, data.tasks).to(device)
+        optimizer = instantiate_group("optimizer", cfg.optimizer, params=model.parameters())
+        scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, tcfg.lr_decay_every, tcfg.lr_decay)
+                     if tcfg.lr_decay_every > 0 else None)
+        check_report_metric(tcfg.report_metric, data.tasks)
+        strategy.setup(SetupContext(  # on resume, replaced by the checkpoint's strategy state
+            tasks=data.tasks, train_targets=data.train.targets,
+            measure_losses=lambda k: measure_losses(model, data, k, tcfg.batch_size, cfg.seed)))
 
-    if tcfg.resume == "fresh":
-        checkpoint.remove_all(run_dir)
-    start, counters = checkpoint.resume(run_dir, model, optimizer, scheduler, strategy)
-    if start == 0:
-        strategy.setup(SetupContext(
-            tasks=tasks,
-            train_targets=data.train.targets,
-            measure_losses=lambda k: measure_losses(model, data, k, tcfg.batch_size, cfg.seed),
-        ))
-    else:
-        log.info("Resumed from checkpoint at step %d in %s", start, run_dir)
+        prior = owned.inspect(values, fresh=tcfg.resume == "fresh", load_checkpoint=checkpoint.load)
+        if prior.state == "done":
+            log.info("Run dir %s already holds the finished run of this configuration "
+                     "(metrics.json); nothing to do.", owned.path)
+            return prior.metrics or {}
+        start, counters = 0, {}
+        if prior.checkpoint is not None:
+            start, counters = checkpoint.restore(prior.checkpoint, prior.checkpoint_path, model,
+                                                 optimizer, scheduler, strategy)
+        owned.claim(prior, config_files)
+        if start:
+            log.info("Resumed from checkpoint at step %d in %s", start, run_dir)
+        elif prior.stale:
+            log.info("Starting over in %s: removed %s of an earlier attempt", run_dir,
+                     prior.stale_summary())
+        loop = Loop(cfg, run_dir, strategy_name, data, model, optimizer, scheduler, strategy,
+                    values)
+        metrics = loop.train(start, counters, interactive)
+        metrics.update(device=str(device), num_threads=threads)
+        return finish(loop, metrics)
 
-    logger = RunLogger(run_dir, names, purge_step=start or None)
-    progress = Progress(tcfg.max_steps, enabled=interactive if tcfg.progress == "auto"
-                        else tcfg.progress == "on")
-    skipped, started, val = counters.get("skipped_steps", 0), time.perf_counter(), {}
-    for step in range(start, tcfg.max_steps):
-        idx = batch_indices(step, len(data.train), tcfg.batch_size, cfg.seed).to(device)
-        x, y = data.train.batch(idx)
-        result = train_step(model, tasks, x, y, strategy, optimizer)
-        if not result.finite:
-            if tcfg.on_nonfinite == "error":
-                raise TrainingDiverged(_divergence_message(step, names, result, strategy_name))
-            skipped += 1
-            logger.writer.add_scalar("train/skipped_steps", skipped, step)
-        if scheduler is not None:
-            scheduler.step()
-        if step % tcfg.log_every == 0:
-            log_step(logger, tasks, step, result, with_grads=step % tcfg.grad_log_every == 0)
-        if (step + 1) % tcfg.eval_every == 0 or step + 1 == tcfg.max_steps:
-            val = evaluate(model, tasks, data.val, tcfg.eval_batch_size)
-            log_eval(logger, "val", val, step + 1)
-            progress.clear()
-            log.info("step %d/%d  val %s", step + 1, tcfg.max_steps, _brief(tasks, val))
-        if tcfg.checkpoint_every and (step + 1) % tcfg.checkpoint_every == 0:
-            checkpoint.save(run_dir, step + 1, model, optimizer, scheduler, strategy,
-                            keep=tcfg.keep_checkpoints, counters={"skipped_steps": skipped})
-        progress.update(step + 1, result.losses)
-    progress.close()
 
-    test = evaluate(model, tasks, data.test, tcfg.eval_batch_size)
-    log_eval(logger, "test", test, tcfg.max_steps)
-    metrics = {
-        "strategy": strategy_name,
-        "seed": int(cfg.seed),
-        "steps": int(tcfg.max_steps),
-        "tasks": {t.name: {"kind": t.kind, **test[t.name]} for t in tasks},
-        "val": val,
-        "skipped_steps": skipped,
-        "train_seconds": round(time.perf_counter() - started, 3),
-        "device": str(device),
-    }
+@dataclass
+class Loop:
+    """Everything one training run holds; :meth:`train` is the loop itself."""
+
+    cfg: DictConfig
+    run_dir: Path
+    strategy_name: str
+    data: MultiTaskData
+    model: MultiTaskModel
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    strategy: Strategy
+    config_values: dict[str, Any]
+
+    def save(self, step: int, skipped: int) -> Path:
+        tcfg = self.cfg.trainer
+        return checkpoint.save(self.run_dir, step, self.model, self.optimizer, self.scheduler,
+                               self.strategy, keep=tcfg.keep_checkpoints,
+                               counters={"skipped_steps": skipped}, config=self.config_values)
+
+    def train(self, start: int, counters: dict[str, int], interactive: bool) -> dict[str, Any]:
+        """Steps ``start`` … ``max_steps - 1``, evaluation, checkpoints; returns the metrics."""
+        cfg, tcfg, data = self.cfg, self.cfg.trainer, self.data
+        tasks, names, device = data.tasks, [t.name for t in data.tasks], data.train.inputs.device
+        skipped, started, val = counters.get("skipped_steps", 0), time.perf_counter(), {}
+        max_skipped = math.floor(tcfg.max_skip_fraction * tcfg.max_steps)
+        bar = interactive if tcfg.progress == "auto" else tcfg.progress == "on"
+        with StopOnInterrupt() as interrupt, Progress(tcfg.max_steps, bar, names=names) as progress:
+            self.logger = RunLogger(self.run_dir, names, purge_step=start or None)
+            for step in range(start, tcfg.max_steps):
+                idx = batch_indices(step, len(data.train), tcfg.batch_size, cfg.seed).to(device)
+                x, y = data.train.batch(idx)
+                result = train_step(self.model, tasks, x, y, self.strategy, self.optimizer)
+                if not result.finite:
+                    skipped += 1
+                    self.check_divergence(step, names, result, skipped, max_skipped)
+                    self.logger.writer.add_scalar("train/skipped_steps", skipped, step)
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                if step % tcfg.log_every == 0:
+                    log_step(self.logger, tasks, step, result,
+                             with_grads=step % tcfg.grad_log_every == 0)
+                if (step + 1) % tcfg.eval_every == 0 or step + 1 == tcfg.max_steps:
+                    val = evaluate(self.model, tasks, data.val, tcfg.eval_batch_size)
+                    log_eval(self.logger, "val", val, step + 1)
+                    log.info("step %d/%d  val %s", step + 1, tcfg.max_steps, _brief(tasks, val))
+                if tcfg.checkpoint_every and (step + 1) % tcfg.checkpoint_every == 0:
+                    self.save(step + 1, skipped)
+                progress.update(step + 1, result.losses)
+                if interrupt.requested and step + 1 < tcfg.max_steps:
+                    progress.close()
+                    self.interrupted(step + 1, skipped)
+        test = evaluate(self.model, tasks, data.test, tcfg.eval_batch_size)
+        log_eval(self.logger, "test", test, tcfg.max_steps)
+        return {
+            "strategy": self.strategy_name,
+            "seed": int(cfg.seed),
+            "steps": int(tcfg.max_steps),
+            "tasks": {t.name: {"kind": t.kind, **test[t.name]} for t in tasks},
+            "val": val,
+            "skipped_steps": skipped,
+            "train_seconds": round(time.perf_counter() - started, 3),
+        }
+
+    def check_divergence(self, step: int, names: list[str], result: StepResult, skipped: int,
+                         max_skipped: int) -> None:
+        """Stop on a non-finite step (``on_nonfinite=error``) or once more than
+        ``trainer.max_skip_fraction`` of the run was skipped."""
+        tcfg = self.cfg.trainer
+        kept = _checkpoint_note(self.run_dir, tcfg.checkpoint_every)
+        if tcfg.on_nonfinite == "error":
+            raise TrainingDiverged(_divergence_message(step, names, result, self.strategy_name)
+                                   + kept)
+        if skipped > max_skipped:
+            raise TrainingDiverged(
+                f"Training diverged (strategy {self.strategy_name}): {skipped} non-finite steps "
+                f"skipped by step {step}, more than trainer.max_skip_fraction="
+                f"{tcfg.max_skip_fraction} of the {tcfg.max_steps} steps. {kept.strip()} "
+                "Lower optimizer.lr, or raise trainer.max_skip_fraction."
+            )
+
+    def interrupted(self, step: int, skipped: int) -> None:
+        path = self.save(step, skipped)
+        self.logger.close()
+        raise Interrupted(
+            f"Interrupted at step {step}/{self.cfg.trainer.max_steps}; checkpoint saved as {path}. "
+            f"To resume, run the same command with hydra.run.dir={self.run_dir}."
+        )
+
+
+def finish(loop: Loop, metrics: dict[str, Any]) -> dict[str, Any]:
+    """HParams, ``metrics.json`` (strict JSON: non-finite values as null, listed under
+    ``nonfinite``) and the summary table."""
+    tasks, cfg = loop.data.tasks, loop.cfg
+    test = {t.name: metrics["tasks"][t.name] for t in tasks}
     hp = flatten_hparams(OmegaConf.to_container(cfg, resolve=True))
-    hp["strategy"] = strategy_name
-    logger.hparams(hp, {f"hparams/test_{t.metric}/{t.name}": test[t.name][t.metric] for t in tasks})
-    logger.close()
-    write_json_atomic(run_dir / "metrics.json", metrics)
-    log.info("Final test metrics (%s, seed %d):\n%s", strategy_name, cfg.seed,
+    hp["strategy"] = loop.strategy_name
+    loop.logger.hparams(hp, {f"hparams/test_{t.metric}/{t.name}": test[t.name][t.metric]
+                             for t in tasks})
+    loop.logger.close()
+    metrics["config"] = loop.config_values
+    clean, bad = strict_json(metrics)
+    if bad:
+        clean["nonfinite"] = bad
+        log.warning("Non-finite final metrics (written as null): %s", ", ".join(bad))
+    write_json_atomic(loop.run_dir / "metrics.json", clean)
+    log.info("Final test metrics (%s, seed %d):\n%s", loop.strategy_name, cfg.seed,
              summary_table(tasks, test))
-    return metrics
+    return clean
+
+
+def strict_json(node: Any, path: str = "") -> tuple[Any, list[str]]:
+    """``node`` with every non-finite float replaced by None, and the dotted paths replaced."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return None, [path]
+    if isinstance(node, dict):
+        out, bad = {}, []
+        for key, value in node.items():
+            out[key], sub = strict_json(value, f"{path}.{key}" if path else str(key))
+            bad += sub
+        return out, bad
+    return node, []
+
+
+class Interrupted(MtlbenchError):
+    """Ctrl-C: the run stopped at a step boundary after writing a checkpoint (exit status 130)."""
+
+
+class StopOnInterrupt:
+    """The first Ctrl-C (SIGINT) asks the loop to stop after the current step; a second one
+    interrupts at once. Only in the main thread (signal handlers cannot be set elsewhere)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("Ctrl-C: stopping after this step and writing a checkpoint "
+                    "(press Ctrl-C again to stop at once).")
+
+    def __enter__(self) -> StopOnInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _checkpoint_note(run_dir: Path, every: int) -> str:
+    found = checkpoint.list_checkpoints(run_dir)
+    if found:
+        return f" The last checkpoint (step {found[-1][0]}) is kept."
+    return (" No checkpoint was written yet." if every else
+            " No checkpoint was written (trainer.checkpoint_every=0).")
 
 
 def check_report_metric(name: str | None, tasks: list[TaskSpec]) -> None:
@@ -310,5 +464,4 @@ def _divergence_message(step: int, names: list[str], result: StepResult, strateg
            if not (math.isfinite(v) and math.isfinite(w))]
     where = f"task {', '.join(bad)}" if bad else "the gradients"
     return (f"Training diverged at step {step} (strategy {strategy}): non-finite values in "
-            f"{where}. The last good checkpoint is kept; lower optimizer.lr or set "
-            "trainer.on_nonfinite=skip_step.")
+            f"{where}; lower optimizer.lr or set trainer.on_nonfinite=skip_step.")

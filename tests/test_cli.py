@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,12 +38,45 @@ def test_unknown_subcommand_is_one_line(capsys: pytest.CaptureFixture[str]) -> N
     assert code == 2 and err.strip() == expected
 
 
-def test_train_help_is_hydras_with_the_groups(tmp_path: Path) -> None:
+def test_train_help_lists_the_groups_and_no_internals(tmp_path: Path) -> None:
     result = run_cli(["train", "--help"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for group in ("data:", "model:", "strategy:", "optimizer:"):
+    for group in ("data:", "model:", "strategy:", "optimizer:", "experiment:", "hydra/launcher:"):
         assert group in result.stdout
     assert "generalized_mean" in result.stdout and "gradnorm_toy" in result.stdout
+    assert "trainer.max_steps=1000" in result.stdout  # the root config's default, not the schema's
+    for internal in ("schema", "for_data", "powered by Hydra"):
+        assert internal not in result.stdout
+
+
+def test_help_and_report_do_not_import_torch(tmp_path: Path) -> None:
+    code = ("import sys; from mtlbench.cli import main\n"
+            "for args in (['--help'], ['train', '--help'], ['report', '--help']):\n"
+            "    try: main(args)\n"
+            "    except SystemExit: pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_run_dir_that_is_a_file_or_not_writable_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("keep")
+    for where in (tmp_path / "afile", tmp_path / "afile" / "run", Path("/sys/mtlbench/run")):
+        result = run_cli(["train", *FAST, f"hydra.run.dir={where}"], cwd=tmp_path)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 1 and len(lines) == 1, result.stderr
+        assert lines[0].startswith("mtlbench: error: cannot write") and "hydra.run.dir" in lines[0]
+    assert (tmp_path / "afile").read_text() == "keep"
+
+
+def test_huge_seed_trains(tmp_path: Path) -> None:
+    from mtlbench.train import batch_indices
+
+    assert len(batch_indices(3, 100, 10, 2**63 - 1)) == 10
+    result = run_cli(["train", *FAST, "seed=20000000000000", f"hydra.run.dir={tmp_path / 'r'}"],
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -87,7 +122,7 @@ BAD_INPUT = [
     (["trainer.max_steps=0"], ["trainer.max_steps", ">= 1"]),
     (["trainer.batch_size=-4"], ["trainer.batch_size", "-4"]),
     (["data.tasks.reg_x1.loss_scale=0"], ["data.tasks.reg_x1.loss_scale", "> 0"]),
-    (["data.tasks.reg_x1.loss_scale=nan"], ["data.tasks.reg_x1.loss_scale", "nan"]),
+    (["data.tasks.reg_x1.loss_scale=nan"], ["data.tasks.reg_x1.loss_scale", "Found `nan`"]),
     (["strategy=static", "+strategy.weights.cls_k2=-1"], ["strategy.weights.cls_k2", ">= 0"]),
     (["strategy=static", "+strategy.weights.cls_k2=0", "+strategy.weights.cls_k10=0",
       "+strategy.weights.reg_x1=0", "+strategy.weights.reg_x100=0"], ["strategy.weights", "> 0"]),
@@ -96,6 +131,14 @@ BAD_INPUT = [
     (["data.only=nope"], ["data.only", "nope", "cls_k10"]),
     (["foo=1"], ["foo"]),
     (["trainer.device=tpu"], ["trainer.device", "tpu", "cuda"]),
+    (["trainer.device=cuda:9"], ["trainer.device=cuda:9", "not available", "accepted here"]),
+    (["trainer.device=mps"], ["trainer.device=mps", "not available", "cpu"]),
+    (["seed=100000000000000000000"], ["seed", "2**63 - 1", "100000000000000000000"]),
+    (["seed=-1"], ["seed", "-1"]),
+    (["strategy=generalized_mean", "strategy.gamma=1e400"], ["strategy.gamma=1e400", "inf"]),
+    (["optimizer.lr=1e-400"], ["optimizer.lr=1e-400", "0"]),
+    (["trainer.max_skip_fraction=1"], ["trainer.max_skip_fraction", "[0, 1)"]),
+    (["hydra/launcher=nope"], ["hydra/launcher=nope", "local_parallel", "mtlbench[sweeps]"]),
     (["+strategy.foo=1"], ["strategy.foo", "not a parameter"]),
     (
         ["trainer.report_metric=val/accuracy/nope"],

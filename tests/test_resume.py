@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 import torch
 from conftest import REPO, compose_config, run_cli
 
-from mtlbench import checkpoint, files
+from mtlbench import checkpoint, files, train
 from mtlbench.errors import TrainingDiverged
 from mtlbench.train import run
 
@@ -37,12 +38,28 @@ def test_same_seed_same_metrics_different_seed_differs(tmp_path: Path) -> None:
     assert a != c
 
 
-def test_resume_in_process_matches_uninterrupted(tmp_path: Path) -> None:
+def crash_after_checkpoint(monkeypatch: pytest.MonkeyPatch, at_step: int) -> None:
+    """Make the loop die (as a kill would) right after it writes the checkpoint of ``at_step``."""
+    save = train.Loop.save
+
+    def save_then_die(self: train.Loop, step: int, skipped: int) -> Path:
+        path = save(self, step, skipped)
+        if step == at_step:
+            raise KeyboardInterrupt("killed")
+        return path
+
+    monkeypatch.setattr(train.Loop, "save", save_then_die)
+
+
+def test_resume_in_process_matches_uninterrupted(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     args = [*RESUME, "trainer.max_steps=60", "strategy=init_loss"]
     full = run(compose_config(args), tmp_path / "full", "init_loss")["tasks"]
-    # "crash" after step 50: train to 50 with the same checkpoint cadence, then ask for 60
     part_dir = tmp_path / "part"
-    run(compose_config([*args, "trainer.max_steps=50"]), part_dir, "init_loss")
+    with monkeypatch.context() as patch:
+        crash_after_checkpoint(patch, 50)
+        with pytest.raises(KeyboardInterrupt):
+            run(compose_config(args), part_dir, "init_loss")
     assert [s for s, _ in checkpoint.list_checkpoints(part_dir)] == [25, 50]
     resumed = run(compose_config(args), part_dir, "init_loss")["tasks"]
     assert resumed == full
@@ -95,12 +112,12 @@ def test_checkpoint_loads_with_weights_only(tmp_path: Path) -> None:
 def test_corrupt_checkpoint_is_refused_then_fresh_start_on_request(tmp_path: Path) -> None:
     args = [*RESUME, "trainer.max_steps=50"]
     run(compose_config(args), tmp_path, "equal")
+    (tmp_path / "metrics.json").unlink()  # as if it died after its last checkpoint
     _, newest = checkpoint.list_checkpoints(tmp_path)[-1]
     newest.write_bytes(newest.read_bytes()[:100])  # truncated
-    before = (tmp_path / "metrics.json").read_bytes()
     with pytest.raises(checkpoint.CheckpointError, match="corrupt.*refusing to resume"):
         run(compose_config(args), tmp_path, "equal")
-    assert (tmp_path / "metrics.json").read_bytes() == before
+    assert not (tmp_path / "metrics.json").exists()
     run(compose_config([*args, "trainer.resume=fresh"]), tmp_path, "equal")
     assert [s for s, _ in checkpoint.list_checkpoints(tmp_path)] == [25, 50]
 
@@ -118,7 +135,7 @@ def test_corrupt_checkpoint_cli_message(tmp_path: Path) -> None:
 KILL_DURING_WRITE = """
 import sys, torch
 from pathlib import Path
-from mtlbench import checkpoint, files
+from mtlbench import checkpoint, files, train
 model = torch.nn.Linear(2048, 2048)  # 16 MiB per checkpoint: writes take a while
 opt = torch.optim.SGD(model.parameters(), lr=0.1)
 class S:
@@ -168,22 +185,53 @@ def test_atomic_write_leaves_old_file_when_rename_never_happens(tmp_path: Path,
 def test_divergence_stops_with_step_task_and_strategy(tmp_path: Path) -> None:
     args = [*RESUME, "trainer.max_steps=30", "optimizer.lr=1e30",
             "data.tasks.reg_x100.loss_scale=1e30"]
-    with pytest.raises(TrainingDiverged, match=r"at step \d+ \(strategy equal\).*reg_x100"):
+    with pytest.raises(TrainingDiverged, match=r"at step \d+ \(strategy equal\).*reg_x100.*"
+                                               r"No checkpoint was written yet"):
         run(compose_config(args), tmp_path, "equal")
     assert not (tmp_path / "metrics.json").exists()
+    no_checkpoints = [*args, "trainer.checkpoint_every=0"]
+    with pytest.raises(TrainingDiverged, match=r"No checkpoint .*checkpoint_every=0"):
+        run(compose_config(no_checkpoints), tmp_path / "none", "equal")
 
 
 def test_skip_step_counts_skips_and_finishes(tmp_path: Path) -> None:
     args = [*RESUME, "trainer.max_steps=30", "optimizer.lr=1e30",
-            "data.tasks.reg_x100.loss_scale=1e30", "trainer.on_nonfinite=skip_step"]
+            "data.tasks.reg_x100.loss_scale=1e30", "trainer.on_nonfinite=skip_step",
+            "trainer.max_skip_fraction=0.99"]
     metrics = run(compose_config(args), tmp_path, "equal")
     assert metrics["skipped_steps"] > 0
+    text = (tmp_path / "metrics.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"invalid JSON constant {c}"))
 
 
-def test_skipped_step_count_survives_a_resume(tmp_path: Path) -> None:
+def test_skip_step_stops_once_too_many_steps_were_skipped(tmp_path: Path) -> None:
+    args = [*RESUME, "trainer.max_steps=30", "optimizer.lr=1e30",
+            "data.tasks.reg_x100.loss_scale=1e30", "trainer.on_nonfinite=skip_step"]
+    with pytest.raises(TrainingDiverged, match=r"4 non-finite steps skipped .* "
+                                               r"trainer.max_skip_fraction=0.1 of the 30"):
+        run(compose_config(args), tmp_path, "equal")
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_non_finite_final_metrics_are_null_and_flagged(tmp_path: Path) -> None:
+    from mtlbench.train import strict_json
+
+    clean, bad = strict_json({"tasks": {"a": {"mse": math.inf, "loss": 1.0}}, "x": math.nan})
+    assert clean == {"tasks": {"a": {"mse": None, "loss": 1.0}}, "x": None}
+    assert bad == ["tasks.a.mse", "x"]
+    with pytest.raises(ValueError):
+        files.write_json_atomic(tmp_path / "m.json", {"v": math.inf})
+
+
+def test_skipped_step_count_survives_a_resume(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     args = [*RESUME, "optimizer.lr=1e30", "data.tasks.reg_x100.loss_scale=1e30",
-            "trainer.on_nonfinite=skip_step"]
-    full = run(compose_config([*args, "trainer.max_steps=50"]), tmp_path / "full", "equal")
-    run(compose_config([*args, "trainer.max_steps=25"]), tmp_path / "part", "equal")
-    resumed = run(compose_config([*args, "trainer.max_steps=50"]), tmp_path / "part", "equal")
+            "trainer.on_nonfinite=skip_step", "trainer.max_skip_fraction=0.99",
+            "trainer.max_steps=50"]
+    full = run(compose_config(args), tmp_path / "full", "equal")
+    with monkeypatch.context() as patch:
+        crash_after_checkpoint(patch, 25)
+        with pytest.raises(KeyboardInterrupt):
+            run(compose_config(args), tmp_path / "part", "equal")
+    resumed = run(compose_config(args), tmp_path / "part", "equal")
     assert resumed["skipped_steps"] == full["skipped_steps"] > 25
