@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mtlbench.strategies.base import GradientStats
+from mtlbench.strategies.base import GradientStats, float32_is_safe, wide
 
 
 @dataclass
@@ -130,8 +130,9 @@ def linear_gramian(layer_input: Tensor, grad_output: Tensor, bias: bool,
         layer_input: A, shape [..., in]. grad_output: D, shape [n, ..., out].
         bias: whether the layer has a bias.
     Returns:
-        ``(gramian [n, n], per_param)`` with per_param = [∇_W [n, out, in], (∇_b [n, out])] for
-        ``direct``, [] for ``kernel``.
+        ``(gramian [n, n] (float64, or float32 as in :func:`gramian`), per_param)`` with
+        per_param = [∇_W [n, out, in], (∇_b [n, out])] (the model's dtype) for ``direct``, [] for
+        ``kernel``.
     """
     a = layer_input.reshape(-1, layer_input.shape[-1])
     n, rows, fan_out = grad_output.shape[0], a.shape[0], grad_output.shape[-1]
@@ -142,8 +143,10 @@ def linear_gramian(layer_input: Tensor, grad_output: Tensor, bias: bool,
     kernel = a @ a.T
     if bias:
         kernel += 1
-    flat = d.reshape(n, -1)
-    return flat @ torch.matmul(kernel, d).reshape(n, -1).T, []
+    # K D_j stays in the model's dtype (its size does not depend on the loss scale squared); the
+    # final products ⟨D_i, K D_j⟩ ∝ λ_i λ_j are taken in float64, as in :func:`gramian`
+    flat = d.reshape(n, -1).to(wide(d))
+    return flat @ torch.matmul(kernel, d).reshape(n, -1).to(flat.dtype).T, []
 
 
 def linear_method(layer_input: Tensor, n: int, fan_out: int) -> str:
@@ -157,17 +160,45 @@ def linear_method(layer_input: Tensor, n: int, fan_out: int) -> str:
 
 
 def gramian(per_param: list[Tensor]) -> Tensor:
-    """G_ij = g_i · g_j summed over parameters, without concatenating them. Shape [n, n]."""
-    total = None
-    for g in per_param:
-        flat = g.reshape(g.shape[0], -1)
-        total = flat @ flat.T if total is None else torch.addmm(total, flat, flat.T)
-    assert total is not None, "no gradients"
-    return total
+    """G_ij = g_i · g_j summed over parameters. Shape [n, n]: float64, or float32 where that is
+    exact to float32 precision.
+
+    Squared norms overflow float32 once they pass 3.4e38 (entries ~1e18 over a few hundred
+    parameters) and underflow below 1.2e-38 (entries ~1e-20), which silently turned a task's weight
+    1/||g_i|| into 0 or its floor; so products and sums are taken in float64 (:func:`_gramian64`),
+    except that on the CPU float32 gradients are first multiplied in float32 (faster: float64
+    products cost ~2% of a step there) and that result is kept when its diagonal lies within
+    ``FLOAT32_SAFE_SQUARED_NORMS`` (``strategies.base.float32_is_safe``; no device sync on the
+    CPU)."""
+    assert per_param, "no gradients"
+    n = per_param[0].shape[0]
+    flats = [g.reshape(n, -1) for g in per_param]
+    if flats[0].dtype == torch.float32 and flats[0].device.type == "cpu":
+        total = flats[0] @ flats[0].T
+        for flat in flats[1:]:
+            total = torch.addmm(total, flat, flat.T)
+        if float32_is_safe(total.diagonal()):
+            return total
+    return _gramian64(flats)
+
+
+def _gramian64(flats: list[Tensor]) -> Tensor:
+    """G = F Fᵀ in float64 (``strategies.base.wide``: float32 on MPS) from per-task rows [n, p_k]
+    (converted as ``cat`` copies them into one float64 [n, P] buffer: about as fast as casting
+    each)."""
+    n, dtype = flats[0].shape[0], wide(flats[0])
+    if len(flats) == 1:
+        flat = flats[0].to(dtype)
+    else:
+        flat = torch.empty((n, sum(f.shape[1] for f in flats)), dtype=dtype,
+                           device=flats[0].device)
+        torch.cat(flats, dim=1, out=flat)
+    return flat @ flat.T
 
 
 def stats_from_gramian(gram: Tensor) -> GradientStats:
-    """Norms ||g_i|| = sqrt(G_ii) (clamped at 0 against round-off) and the Gramian itself."""
+    """Norms ||g_i|| = sqrt(G_ii) (clamped at 0 against round-off) and the Gramian itself, in the
+    Gramian's dtype (see :func:`gramian`)."""
     return GradientStats(norms=gram.diagonal().clamp_min(0).sqrt(), gramian=gram)
 
 

@@ -14,6 +14,7 @@ from mtlbench.gradients import (
     linear_method,
     split_forward,
     splits_at_last_shared,
+    stats_from_gramian,
     weighted_backward,
 )
 from mtlbench.models.heads import make_head
@@ -219,3 +220,47 @@ def test_split_at_last_shared_only_for_linear_layers_with_trunk_and_tail() -> No
     frozen = make("mlp")[0].backbone
     frozen.last_shared.weight.requires_grad_(False)  # bias alone: the batched VJP handles it
     assert not splits_at_last_shared(frozen)
+
+
+@pytest.mark.parametrize("method", ["direct", "kernel"])
+def test_gramian_is_float64_for_float32_gradients_of_any_scale(method: str) -> None:
+    """Per-task float32 gradients ~1e-24, ~1 and ~1e20: their squared norms (~1e-48, ~1e40) under-
+    and overflow float32 (old code: norms 0 and inf, weights 1/eps and 0); the Gramian is then
+    accumulated in float64 and matches a float64 reference."""
+    gen = torch.Generator().manual_seed(5)
+    scales = torch.tensor([1e-24, 1.0, 1e20], dtype=F64)
+    rows = torch.randn(3, 300, generator=gen, dtype=F64) * scales[:, None]
+    got = gramian([rows[:, :100].float(), rows[:, 100:].float().reshape(3, 20, 10)])
+    want = rows.float().double() @ rows.float().double().T
+    assert got.dtype == F64
+    assert_close(got, want, rtol=1e-6, atol=0)
+    norms = stats_from_gramian(got).norms
+    assert_close(norms, rows.norm(dim=1), rtol=1e-6, atol=0)
+    # the linear-layer paths: D_i = ∂L_i/∂u at the same scales, A of order 1
+    a = torch.randn(10, 7, generator=gen, dtype=F64)
+    d = torch.randn(3, 10, 4, generator=gen, dtype=F64) * scales[:, None, None]
+    explicit = torch.stack([torch.cat([(di.T @ a).reshape(-1), di.sum(0)]) for di in d])
+    gram, _ = linear_gramian(a.float(), d.float(), True, method)
+    assert gram.dtype == F64 and torch.isfinite(gram).all()
+    assert_close(gram.diagonal().sqrt(), explicit.norm(dim=1), rtol=1e-5, atol=0)
+    assert_close(cosines(gram), cosines(explicit @ explicit.T), rtol=0, atol=1e-5)
+
+
+def test_gramian_keeps_float32_only_where_it_is_exact() -> None:
+    """CPU float32 gradients of moderate size: the float32 products are kept (fast path); one row
+    ~1e-12 (squared norm ~1e-21 < 1e-20) or ~1e19 (~1e41) sends the whole Gramian to float64;
+    float64 gradients stay float64."""
+    gen = torch.Generator().manual_seed(6)
+    rows = torch.randn(3, 500, generator=gen, dtype=F64)
+    parts = [rows[:, :200], rows[:, 200:]]
+    got = gramian([g.float() for g in parts])
+    assert got.dtype == torch.float32
+    assert_close(got.double(), rows.float().double() @ rows.float().double().T, rtol=1e-5,
+                 atol=1e-4)
+    assert gramian(parts).dtype == F64
+    for scale in (1e-12, 1e19):
+        scaled = rows * torch.tensor([1.0, scale, 1.0], dtype=F64)[:, None]
+        got = gramian([scaled[:, :200].float(), scaled[:, 200:].float()])
+        want = scaled.float().double() @ scaled.float().double().T
+        assert got.dtype == F64
+        assert_close(got, want, rtol=1e-6, atol=0)

@@ -21,8 +21,10 @@ from torch import Tensor
 from mtlbench.errors import ConfigError
 from mtlbench.tasks import TaskSpec
 
-#: Losses are clamped to at least this value before any division or logarithm, so a task whose loss
-#: reaches exactly 0 gets a large finite weight instead of inf/NaN.
+#: A loss that is not a positive normal number of its dtype (exactly 0, negative, or subnormal) is
+#: replaced by this value before any division or logarithm (:func:`floored`), so that task gets a
+#: large finite weight instead of inf/NaN. Positive normal losses are never changed, however small
+#: or large (1e-30 stays 1e-30), so the scale invariance of eq. (2)-(7) holds exactly for them.
 LOSS_FLOOR = 1e-12
 
 GRADIENT_SOURCES = ("shared", "last_shared", "representation")
@@ -35,6 +37,10 @@ class GradientStats:
     Attributes:
         norms: ||g_i||, shape [n].
         gramian: G_ij = g_i · g_j, shape [n, n] (so norms = sqrt(diag(G))).
+
+    The loop computes both in float64, or in float32 where float32 is exact to its precision
+    (``mtlbench.gradients.gramian``), so squared norms neither overflow nor underflow; strategies
+    accept any float dtype.
     """
 
     norms: Tensor
@@ -114,8 +120,40 @@ class Strategy:
 
 
 def floored(losses: Tensor) -> Tensor:
-    """``losses`` clamped to at least :data:`LOSS_FLOOR` (see there)."""
-    return losses.clamp_min(LOSS_FLOOR)
+    """``losses`` with every entry that is not a positive normal number of the dtype (0, negative,
+    subnormal: below finfo.tiny, 1.2e-38 in float32) replaced by :data:`LOSS_FLOOR`; every other
+    loss is returned unchanged, so 1/L_i is finite in the dtype and exact wherever it was defined.
+    The replaced entries get no gradient (as with a clamp)."""
+    return torch.where(losses >= torch.finfo(losses.dtype).tiny, losses, LOSS_FLOOR)
+
+
+def wide(t: Tensor) -> torch.dtype:
+    """The dtype statistics of ``t`` are computed in: float64, except on MPS (no float64 there:
+    float32, i.e. float32's range)."""
+    return torch.float32 if t.device.type == "mps" else torch.float64
+
+
+#: Squared norms a float32 computation gets right: within this range no sum of squares (nor, by
+#: Cauchy-Schwarz, of products) can have overflowed, and the entries that dominate a row are far
+#: from float32's subnormals (a squared norm ≥ 1e-20 over ≤ 1e10 entries has some entry² ≥ 1e-30).
+FLOAT32_SAFE_SQUARED_NORMS = (1e-20, 1e36)
+
+
+def float32_is_safe(squared_norms: Tensor) -> bool:
+    """Whether float32 ``squared_norms`` [n] (e.g. a Gramian's diagonal) all lie in
+    :data:`FLOAT32_SAFE_SQUARED_NORMS`, checked only for CPU tensors (reading them costs no device
+    sync there); False for any other dtype or device, whose callers then compute in float64."""
+    if squared_norms.dtype != torch.float32 or squared_norms.device.type != "cpu":
+        return False
+    low, high = FLOAT32_SAFE_SQUARED_NORMS
+    return all(low <= v <= high for v in squared_norms.tolist())
+
+
+def finite_weights(weights: Tensor, like: Tensor) -> Tensor:
+    """``weights`` (computed in float64, see :func:`wide`) cast to ``like``'s dtype, clamped to
+    its largest finite value so that an extreme weight (e.g. of a task whose loss is 0) cannot
+    become inf."""
+    return weights.clamp(max=torch.finfo(like.dtype).max).to(like.dtype)
 
 
 def check_real(name: str, value: Any, *, allow_inf: bool = False) -> float:
@@ -168,7 +206,7 @@ class ReferenceNormalized(Strategy):
 
     def weights(self, losses: Tensor, grads: GradientStats | None = None) -> Tensor:
         assert self.reference is not None, "call setup() first"
-        return (1.0 / self.reference.to(losses.device)).to(losses.dtype)
+        return finite_weights(1.0 / self.reference.to(losses.device), losses)
 
     def objective(self, losses: Tensor) -> Tensor:
         return (self.weights(losses) * losses).sum()

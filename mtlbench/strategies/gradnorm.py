@@ -23,8 +23,8 @@ Choices (documented deviations or readings):
 * before renormalising, w is clamped to at least ``WEIGHT_FLOOR`` (1e-6 · n) so that a weight never
   reaches 0 or turns negative (the paper does not say what happens then).
 * L_i(0): this run's first-step losses (``initial=first_step``), or the theoretical value at zero
-  outputs (``initial=derived``: log K, E||y||²/d, via ``TaskSpec.derived_init_loss``); floored at
-  ``LOSS_FLOOR``.
+  outputs (``initial=derived``: log K, E||y||²/d, via ``TaskSpec.derived_init_loss``). Losses of
+  exactly 0 are replaced by ``LOSS_FLOOR`` = 1e-12 (``base.floored``; positive ones never are).
 
 Parameters:
     alpha: α ≥ 0, the restoring-force strength (paper: 1.5 on NYUv2, 0.12 on its toy problem).
@@ -47,7 +47,6 @@ from torch import Tensor
 from mtlbench.errors import ConfigError
 from mtlbench.strategies.base import (
     GRADIENT_SOURCES,
-    LOSS_FLOOR,
     GradientStats,
     SetupContext,
     Strategy,
@@ -107,7 +106,7 @@ class GradNorm(Strategy):
             self._init_weights(n, losses.device)
         assert self.w is not None and self.optimizer is not None
         current = self.w.detach().clone()
-        loss = floored(losses.detach().double())
+        loss = floored(losses.detach()).double()
         if self.initial_losses is None:
             self.initial_losses = loss.clone()
         self.update(loss, grads.norms.detach().double().to(self.w.device))
@@ -119,7 +118,7 @@ class GradNorm(Strategy):
         assert self.w is not None and self.optimizer is not None
         assert self.initial_losses is not None
         n = self.w.numel()
-        ratio = losses / self.initial_losses.to(losses.device).clamp_min(LOSS_FLOOR)
+        ratio = losses / floored(self.initial_losses.to(losses.device))
         r = ratio / ratio.mean()
         g = self.w * norms
         target = g.mean() * r.pow(self.alpha)

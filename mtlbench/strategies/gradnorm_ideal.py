@@ -27,10 +27,17 @@ express that, so the strategy then uses the protocol's ``combine_gradients`` hoo
 ``params=shared``). ``heads=unweighted`` gives head i the plain ∇ log L_i (or ∇L_i), as DB-MTL does;
 ``heads=normalized`` (default) scales it like the task's shared gradient, s / ||ĝ_i||.
 
-Zero gradients: every norm (and s) is floored at ``eps`` (default 1e-8, the DB-MTL reference's
-constant) before dividing, so a task with ||g_i|| = 0 contributes nothing to θ and gets the finite
-weight s / eps; if all norms are 0, w_i = 1 (the plain sum, whose shared gradient is 0 anyway).
-With ``log_losses``, L_i is also floored at ``LOSS_FLOOR``.
+Numerics: the loop's norms come from a Gramian whose squares neither overflow nor underflow
+(``gradients.gramian``: float64, or float32 where that is exact), the moving average's norms
+likewise, and no positive norm or loss is floored; so the invariances hold for gradients and losses
+of any magnitude the model's dtype represents. Zero gradients: a norm ||h_i|| of exactly 0 counts
+as ``eps`` (default 1e-8, the DB-MTL reference's constant), so such a task contributes nothing to θ
+and its head gets the finite weight s / (eps c_i); positive norms, however small, are used as they
+are (in float32, a norm whose reciprocal would overflow counts as 0). If every norm is 0, s is taken
+as eps: w_i = 1 / c_i with ``rescale`` ``mean``/``max`` (the plain sum, whose shared gradient is 0
+anyway), 1 / (eps c_i) with ``none``. With ``log_losses``, a loss of exactly 0 is replaced by
+``LOSS_FLOOR`` = 1e-12 (``base.floored``). Weights beyond the losses' dtype are clamped to its
+largest finite value.
 
 Parameters:
     params: ``shared`` (all backbone parameters, the exact form), ``last_shared`` (the last shared
@@ -41,7 +48,7 @@ Parameters:
     ema_beta: β in [0, 1); 0 disables the moving average.
     ema_sigma: σ ≥ 0 in β_t = β / t^σ.
     heads: ``normalized`` or ``unweighted`` (only with the moving average / combine path).
-    eps: floor of the norms, > 0.
+    eps: > 0, the stand-in for a norm of exactly 0 (see above); positive norms are never floored.
 """
 
 from __future__ import annotations
@@ -58,7 +65,10 @@ from mtlbench.strategies.base import (
     Strategy,
     check_choice,
     check_real,
+    finite_weights,
+    float32_is_safe,
     floored,
+    wide,
 )
 
 RESCALES = ("none", "mean", "max")
@@ -111,31 +121,40 @@ class GradNormIdeal(Strategy):
         self.buffer: list[Tensor] = []
 
     # ------------------------------------------------------------------ weights over g_i (eq. 11)
-    def _divisors(self, losses: Tensor) -> Tensor:
-        """c_i with h_i = g_i / c_i the gradient being normalized: L_i (log_losses) or 1. [n]"""
-        return floored(losses) if self.log_losses else torch.ones_like(losses)
+    def _divisors(self, losses: Tensor) -> Tensor | None:
+        """c_i with h_i = g_i / c_i the gradient being normalized: L_i (``log_losses``; zero losses
+        floored) as float64 [n], or None for c_i = 1."""
+        return floored(losses).to(wide(losses)) if self.log_losses else None
 
-    def _scale(self, norms: Tensor) -> Tensor:
-        """s from the norms ||h_j|| [n], floored at eps."""
+    def _scale(self, norms: Tensor) -> Tensor | None:
+        """s from the norms ||h_j|| [n]: None for ``none`` (s = 1); eps if they are all 0."""
         if self.rescale == "none":
-            return torch.ones((), dtype=norms.dtype, device=norms.device)
+            return None
         s = norms.mean() if self.rescale == "mean" else norms.max()
-        return s.clamp_min(self.eps)
+        return torch.where(s > 0, s, self.eps)
+
+    def _normalizers(self, norms: Tensor, dtype: torch.dtype) -> Tensor:
+        """s / ||h_i|| [n] in ``dtype`` from the norms ||h_i|| ≥ 0 [n]; a norm of exactly 0 (or
+        whose reciprocal overflows ``dtype``) counts as eps."""
+        a = norms.to(dtype).reciprocal().nan_to_num_(posinf=1.0 / self.eps)
+        s = self._scale(norms)
+        if s is None:
+            return a
+        return a.mul_(s).clamp_(max=torch.finfo(dtype).max)
 
     def weights(self, losses: Tensor, grads: GradientStats | None = None) -> Tensor:
-        """w_i = s / max(||h_i||, eps) / c_i [n] from ``grads.norms`` = ||∇_θ L_i|| [n].
+        """w_i = s / ||h_i|| / c_i [n] from ``grads.norms`` = ||∇_θ L_i|| [n] (= s / ||g_i|| for
+        nonzero norms), in the losses' dtype (with ``log_losses``: computed in float64).
 
-        Computed in the losses' dtype (a handful of ops on [n] vectors: this runs every step). With
-        ``combines_gradients`` the loop calls :meth:`combine_gradients` instead; this is then the
-        shared part's weighting without the moving average's history."""
+        With ``combines_gradients`` the loop calls :meth:`combine_gradients` instead; this is then
+        the shared part's weighting without the moving average's history."""
         assert grads is not None, "gradnorm_ideal needs gradient statistics"
-        norms = grads.norms.to(device=losses.device, dtype=losses.dtype)
-        if not self.log_losses:
-            weights = norms.clamp_min(self.eps).reciprocal()
-            return weights if self.rescale == "none" else weights * self._scale(norms)
+        norms = grads.norms.to(device=losses.device)
         c = self._divisors(losses)
-        h_norms = norms / c
-        return self._scale(h_norms) / h_norms.clamp_min(self.eps) / c
+        if c is None:
+            return self._normalizers(norms, losses.dtype)
+        a = self._normalizers(norms.to(c.dtype) / c, c.dtype)
+        return finite_weights(a.div_(c), losses)
 
     # ------------------------------------------------------------------ DB-MTL moving average
     def combine_gradients(self, losses: Tensor,
@@ -143,27 +162,45 @@ class GradNormIdeal(Strategy):
         """Moving average of h_i = ∇_θ L_i / c_i per shared parameter, then s · Σ_i ĝ_i / ||ĝ_i||.
 
         ``per_task``: ∇_p L_i [n, *p.shape] per shared parameter p. Returns head weights [n] and the
-        update per parameter (see the module docstring).
+        update per parameter (see the module docstring). The norms ||ĝ_i|| are accumulated in
+        float64 where float32 squares could over- or underflow (``base.float32_is_safe``).
         """
         self.step += 1
         beta = self.ema_beta / self.step ** self.ema_sigma
-        c = self._divisors(losses.double())
+        c = self._divisors(losses)
         if not self.buffer:
             self.buffer = [torch.zeros_like(g) for g in per_task]
         elif self.buffer[0].device != per_task[0].device:  # resumed from a CPU checkpoint
             self.buffer = [b.to(g.device) for b, g in zip(self.buffer, per_task, strict=True)]
-        sq = None
+        n, like = losses.numel(), self.buffer[0]
+        coef = None if c is None else finite_weights((1.0 - beta) / c, like)  # (1 - β_t) / c_i
         for buf, g in zip(self.buffer, per_task, strict=True):
-            shape = (-1,) + (1,) * (g.dim() - 1)
-            buf.mul_(beta).add_(g * ((1.0 - beta) / c).to(g.dtype).view(shape))
-            part = buf.reshape(buf.shape[0], -1).pow(2).sum(1)
-            sq = part if sq is None else sq + part
+            if coef is None:
+                buf.mul_(beta).add_(g, alpha=1.0 - beta)
+            else:
+                buf.mul_(beta).add_(g * coef.view((-1,) + (1,) * (g.dim() - 1)))
+        # float32 squares on the CPU when none can have over- or underflowed, else float64
+        sq = self._squared_norms(n, torch.float32) if like.dtype == torch.float32 and \
+            like.device.type == "cpu" else None
+        if sq is None or not float32_is_safe(sq):
+            sq = self._squared_norms(n, wide(like))
+        a = self._normalizers(sq.sqrt_(), wide(like))  # coefficient of ĝ_i
+        a_like = finite_weights(a, like)
+        update = [torch.tensordot(a_like, b, dims=1) for b in self.buffer]
+        if self.heads == "unweighted":
+            head = torch.ones_like(a) if c is None else c.reciprocal()
+        else:
+            head = a if c is None else a / c
+        return finite_weights(head, losses), update
+
+    def _squared_norms(self, n: int, dtype: torch.dtype) -> Tensor:
+        """||ĝ_i||² [n] over all shared parameters, accumulated in ``dtype``."""
+        sq = None
+        for buf in self.buffer:
+            part = torch.linalg.vector_norm(buf.reshape(n, -1), dim=1, dtype=dtype)
+            sq = part.square_() if sq is None else sq.addcmul_(part, part)
         assert sq is not None, "no shared parameters"
-        norms = sq.double().sqrt()
-        a = self._scale(norms) / norms.clamp_min(self.eps)  # coefficient of ĝ_i
-        update = [torch.tensordot(a.to(b.dtype), b, dims=1) for b in self.buffer]
-        head = 1.0 / c if self.heads == "unweighted" else a / c
-        return head.to(losses.dtype), update
+        return sq
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "buffer": list(self.buffer)}

@@ -2,7 +2,9 @@
 
     L = Σ_i L_i / sg(L_i),   ∇L = Σ_i ∇L_i / L_i = ∇ Σ_i log L_i
 
-so w_i = 1/L_i (sg = stop-gradient). Scale-invariant, not shift-invariant.
+so w_i = 1/L_i (sg = stop-gradient). Scale-invariant (for positive losses of any magnitude: they
+are never floored), not shift-invariant. A loss of exactly 0 (or negative, or subnormal) is
+replaced by ``LOSS_FLOOR`` = 1e-12 (``base.floored``): weight 1e12, finite.
 Source: https://kexue.fm/archives/8870 (eq. 4-6).
 """
 
@@ -14,7 +16,7 @@ from mtlbench.strategies.base import GradientStats, Strategy, floored
 
 
 class Realtime(Strategy):
-    """Divide each loss by its own detached value. Losses are floored at ``LOSS_FLOOR``."""
+    """Divide each loss by its own detached value (zero losses: see the module docstring)."""
 
     scale_invariant = True
 

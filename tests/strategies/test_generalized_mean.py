@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from decimal import Decimal, localcontext
 
 import pytest
 import torch
@@ -11,7 +12,11 @@ from torch.testing import assert_close
 from mtlbench.errors import ConfigError
 from mtlbench.strategies.base import SetupContext
 from mtlbench.strategies.equal import Equal
-from mtlbench.strategies.generalized_mean import GeneralizedMean
+from mtlbench.strategies.generalized_mean import (
+    LOGSUMEXP_GAMMA,
+    SERIES_GAMMA,
+    GeneralizedMean,
+)
 from mtlbench.strategies.geometric import Geometric
 from mtlbench.tasks import TaskSpec
 
@@ -65,7 +70,8 @@ def test_hand_value_three_tasks_cubic():
     assert strategy.weights(losses).tolist() == pytest.approx([1 / c, 4 / c, 9 / c], rel=1e-14)
 
 
-@pytest.mark.parametrize("gamma", [-7.0, -1.0, -0.3, 0.0, 1e-3, 0.5, 1.0, 2.0, 5.0, INF, -INF])
+@pytest.mark.parametrize("gamma", [-7.0, -1.0, -0.3, -1e-9, 5e-324, 0.0, 1e-12, 1e-8, 1e-3, 0.2,
+                                   0.25, 0.5, 1.0, 2.0, 5.0, INF, -INF])
 @pytest.mark.parametrize("seed", range(3))
 def test_weights_equal_autograd_of_objective(gamma, seed):
     strategy = GeneralizedMean(gamma=gamma)
@@ -166,7 +172,7 @@ def test_extreme_losses_are_stable(gamma, dtype):
     assert torch.isfinite(w).all() and (w >= 0).all() and (w > 0).any()
     value = strategy.objective(losses)
     assert torch.isfinite(value)
-    # the floor is 1e-12, so min ≤ L(γ) ≤ max holds up to it
+    # the zero loss counts as 1e-12, so min ≤ L(γ) ≤ max holds up to that
     assert 0.0 <= value.item() <= 1e8 * (1 + 1e-6)
     x = losses.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(strategy.objective(x), x)
@@ -217,3 +223,82 @@ def test_invariance_claims_depend_on_gamma(gamma, scale, shift):
     strategy = GeneralizedMean(gamma=gamma)
     assert strategy.scale_invariant is scale
     assert strategy.shift_invariant is shift
+
+
+# ----------------------------------------------------------------------------- γ near 0
+def reference_weights(gamma: float, losses: torch.Tensor, digits: int = 400) -> list[float]:
+    """w_i = (1/n) (L_i / L(γ))^(γ-1) in ``digits``-digit decimal arithmetic (L(0): the geometric
+    mean), from the exact binary values of γ and the losses. 400 digits resolve γ = 5e-324."""
+    with localcontext() as ctx:
+        ctx.prec = digits
+        g = Decimal(gamma)
+        logs = [Decimal(v).ln() for v in losses.tolist()]
+        n = len(logs)
+        # log L(γ) (eq. 8), or for γ = 0 the log of the geometric mean (eq. 7)
+        log_m = sum(logs) / n if g == 0 else (sum((g * x).exp() for x in logs) / n).ln() / g
+        return [float(((g - 1) * (x - log_m)).exp() / n) for x in logs]
+
+
+TINY_GAMMAS = [5e-324, -5e-324, 1e-300, -1e-300, 1e-17, -1e-17, 1e-15, -1e-15, 1e-12, 1e-10,
+               -1e-9, 1e-8, -1e-8, 2e-8, 1e-6, -1e-4]
+
+
+@pytest.mark.parametrize("gamma", TINY_GAMMAS + [0.0, 1e-3, -0.1, 0.2, 0.25, 0.3, -0.6, 2.0, 40.0])
+@pytest.mark.parametrize("seed", range(3))
+def test_weights_match_a_400_digit_reference(gamma, seed):
+    """Every branch (series, expm1/log1p, softmax) is exact to round-off, losses 1e-12 … 1e8."""
+    losses = seeded_losses(seed, n=5, lo=-12.0, hi=8.0)
+    got = GeneralizedMean(gamma=gamma).weights(losses)
+    want = torch.tensor(reference_weights(gamma, losses), dtype=F64)
+    # exp() turns the absolute round-off of log w (≈ ulp(|log w|)) into relative error
+    rtol = 1e-13 * max(1.0, float(want.log().abs().max()) / 50)
+    assert_close(got, want, rtol=rtol, atol=0)
+
+
+@pytest.mark.parametrize("gamma", TINY_GAMMAS)
+@pytest.mark.parametrize("seed", range(4))
+def test_tiny_gamma_moves_the_weights_continuously_from_geometric(gamma, seed):
+    """w(γ) → w(0) with the first-order term of the γ-expansion: with d_i = log L_i − mean log L,
+    log w_i(γ) = log w_i(0) + γ (d_i + var(d)/2) + O(γ² max|d|⁴) (eq. 8 around eq. 7). Old code:
+    γ = 1e-15 was 22 % off, 1e-16 17x off, 1e-17 … 1e-300 gave weights exactly 1, 5e-324 NaN."""
+    losses = seeded_losses(seed, n=2 + seed, lo=-12.0, hi=8.0)
+    w0 = GeneralizedMean(gamma=0.0).weights(losses)
+    w = GeneralizedMean(gamma=gamma).weights(losses)
+    assert torch.isfinite(w).all()
+    d = losses.log() - losses.log().mean()
+    spread = float(d.abs().max())
+    first_order = gamma * (d + (d * d).mean() / 2)
+    # |w(γ) − w(0)| ≤ |γ|·(spread + spread²/2)·w(0), and more precisely the first-order term
+    assert ((w / w0 - 1).abs() <= abs(gamma) * (spread + spread**2 / 2) * 1.01 + 3e-14).all()
+    assert_close(w / w0 - 1, first_order, rtol=0, atol=gamma**2 * spread**4 + 3e-14)
+    assert_close(GeneralizedMean(gamma=gamma).objective(losses),
+                 GeneralizedMean(gamma=0.0).objective(losses),
+                 rtol=abs(gamma) * spread**2 + 1e-14, atol=0)
+
+
+@pytest.mark.parametrize("switch", [SERIES_GAMMA, LOGSUMEXP_GAMMA])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+@pytest.mark.parametrize("seed", range(4))
+def test_continuous_across_the_branch_switches(switch, sign, seed):
+    """Just below, at and just above each switch point the weights (and objective) agree."""
+    losses = seeded_losses(seed, n=5, lo=-12.0, hi=8.0)
+    at = sign * switch
+    below, above = math.nextafter(at, 0.0), math.nextafter(at, sign * INF)
+    for gamma in (below, math.nextafter(below, 0.0), above, math.nextafter(above, sign * INF)):
+        near = GeneralizedMean(gamma=gamma)
+        assert_close(near.weights(losses), GeneralizedMean(gamma=at).weights(losses),
+                     rtol=1e-12, atol=0)
+        assert_close(near.objective(losses), GeneralizedMean(gamma=at).objective(losses),
+                     rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("gamma", [5e-324, -1e-300, 1e-17, 1e-15, 1e-8, 1e-3])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_tiny_gamma_with_zero_and_extreme_losses_is_finite(gamma, dtype):
+    """A zero loss counts as LOSS_FLOOR = 1e-12; the positive 1e-24 is used as it is."""
+    losses = torch.tensor([0.0, 1e-24, 1e20, 1.0], dtype=dtype)
+    w = GeneralizedMean(gamma=gamma).weights(losses)
+    assert w.dtype == dtype and torch.isfinite(w).all() and (w > 0).all()
+    floored = torch.tensor([1e-12, 1e-24, 1e20, 1.0], dtype=dtype)
+    want = torch.tensor(reference_weights(gamma, floored), dtype=F64)
+    assert_close(w.double(), want, rtol=1e-6 if dtype == torch.float32 else 1e-13, atol=0)

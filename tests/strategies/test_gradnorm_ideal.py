@@ -14,6 +14,7 @@ from mtlbench.errors import ConfigError
 from mtlbench.models.heads import make_head
 from mtlbench.models.mlp import MLPBackbone
 from mtlbench.models.multitask import MultiTaskModel
+from mtlbench.strategies.base import GradientStats
 from mtlbench.strategies.gradnorm_ideal import GradNormIdeal
 from mtlbench.tasks import TaskSpec
 from mtlbench.train import train_step
@@ -221,3 +222,59 @@ def test_cli_end_to_end(args: list[str], tmp_path: Path) -> None:
     tags = acc.Tags()["scalars"]
     assert "train/grad_norm/cls_k2" in tags and "train/grad_cos/cls_k2__reg_x100" in tags
     assert "train/weight/reg_x100" in tags
+
+
+def stats_of(norms: list[float], dtype: torch.dtype = F64) -> GradientStats:
+    n = torch.tensor(norms, dtype=dtype)
+    return GradientStats(norms=n, gramian=torch.diag(n * n))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_positive_norms_are_never_floored(dtype) -> None:
+    """w_i = 1/||g_i|| for every nonzero norm (1e-30 … 1e30: the old code floored norms below
+    eps = 1e-8); a norm of exactly 0 counts as eps (weight s / eps, as before)."""
+    losses = torch.ones(4, dtype=dtype)
+    w = GradNormIdeal().weights(losses, stats_of([0.0, 1e-30, 1.0, 1e30]))
+    assert w.dtype == dtype and torch.isfinite(w).all()
+    assert w.double().tolist() == pytest.approx([1e8, 1e30, 1.0, 1e-30], rel=1e-6)
+    # s = max ||g_j|| = 1e30: weights beyond float32 are clamped to its largest finite value
+    w = GradNormIdeal(eps=1e-3, rescale="max").weights(losses, stats_of([0.0, 1e-30, 1.0, 1e30]))
+    big = torch.finfo(dtype).max
+    assert w.double().tolist() == pytest.approx([1e33, min(1e60, big), 1e30, 1.0], rel=1e-6)
+    for rescale, expected in (("none", 1e8), ("mean", 1.0), ("max", 1.0)):  # every norm 0
+        for log_losses in (False, True):
+            w = GradNormIdeal(rescale=rescale, log_losses=log_losses).weights(
+                torch.full((3,), 0.5, dtype=dtype), stats_of([0.0, 0.0, 0.0], dtype))
+            c = 0.5 if log_losses else 1.0  # w_i = s / eps / c_i
+            assert w.double().tolist() == pytest.approx([expected / c] * 3, rel=1e-6)
+
+
+def test_log_losses_weights_at_extreme_losses() -> None:
+    """w_i = s / ||g_i|| with s from ||g_j|| / L_j: losses 1e-24 … 1e20 are used as they are."""
+    losses = torch.tensor([1e-24, 3.0, 1e20], dtype=F64)
+    norms = [2e-24, 1.5, 4e20]
+    w = GradNormIdeal(log_losses=True, rescale="max").weights(losses, stats_of(norms))
+    s = max(n / loss for n, loss in zip(norms, losses.tolist(), strict=True))  # = 4
+    assert w.tolist() == pytest.approx([s / n for n in norms], rel=1e-14)
+
+
+def test_moving_average_norms_do_not_overflow_in_float32() -> None:
+    """combine_gradients on float32 gradients ~1e-24, ~1, ~1e20: the norms of the averages are
+    taken in float64 (in float32, ~1e40 overflowed to inf and the task got weight 0; ~1e-48
+    underflowed to 0)."""
+    gen = torch.Generator().manual_seed(2)
+    scales = torch.tensor([1e-24, 1.0, 1e20], dtype=F64)
+    g = [torch.randn(3, 40, generator=gen, dtype=F64) * scales[:, None],
+         torch.randn(3, 5, 2, generator=gen, dtype=F64) * scales[:, None, None]]
+    strategy = GradNormIdeal(ema_beta=0.5)
+    heads, update = strategy.combine_gradients(torch.ones(3), [x.float() for x in g])
+    flat = torch.cat([x.float().double().reshape(3, -1) for x in g], 1) * 0.5  # ĝ after 1 step
+    want = (flat / flat.norm(dim=1, keepdim=True)).sum(0)
+    assert_close(torch.cat([u.double().reshape(-1) for u in update]), want, rtol=1e-5, atol=1e-6)
+    assert_close(heads.double(), 1.0 / flat.norm(dim=1), rtol=1e-5, atol=0)
+    # moderate sizes take the float32 squares: the same numbers to float32 precision
+    moderate = [x / scales.view(-1, *[1] * (x.dim() - 1)) for x in g]
+    heads, update = GradNormIdeal(ema_beta=0.5).combine_gradients(
+        torch.ones(3), [x.float() for x in moderate])
+    flat = torch.cat([x.float().double().reshape(3, -1) for x in moderate], 1) * 0.5
+    assert_close(heads.double(), 1.0 / flat.norm(dim=1), rtol=1e-5, atol=0)

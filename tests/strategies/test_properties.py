@@ -6,10 +6,14 @@ per-task gradients A [n, m] (Gramian G = A Aᵀ). Transforming a task's loss (``
 ``loss_shift`` c) transforms everything a strategy can read consistently: its loss, its measured and
 derived initial loss, its prior loss, and (for λ) its gradient row. The checks:
 
-* valid weights (finite, ≥ 0, shape [n], one > 0) for loss magnitudes from 0 to 1e8, zero gradients;
+* valid weights (finite, ≥ 0, shape [n], one > 0) for loss magnitudes from 0 to 1e20, zero
+  gradients, float32 and float64;
 * task-permutation equivariance;
 * the invariances each strategy claims with ``Strategy.scale_invariant`` / ``shift_invariant``
-  (eq. 2-4, 7, 10-11): the update direction Σ_i w_i ∇L_i is unchanged;
+  (eq. 2-4, 7, 10-11): the update direction Σ_i w_i ∇L_i is unchanged, for base losses from 1e-12
+  to 1e8, per-task gradient norms spread over 1e-6 … 1e6, and one task's loss (and gradient) scaled
+  by any λ in 1e-12 … 1e12 (so losses 1e-24 … 1e20) or shifted by c in 1e-12 … 1e8; in float64,
+  and in float32 (losses, gradients, weights) with the float64 statistics the loop computes;
 * for the loss-side strategies, that the claims are not vacuous: a non-claimed invariance fails.
 
 Gradient-side strategies get ``GradientStats`` of the seeded gradients; one that sets
@@ -141,9 +145,10 @@ class World:
 
 
 def make_world(n: int, seed: int, lo: float = -12.0, hi: float = 8.0,
-               special: tuple[float, ...] = ()) -> World:
+               special: tuple[float, ...] = (), grad_spread: float = 0.0) -> World:
     """n tasks alternating classification (K = 2 + i, skewed labels) and regression (d = 1 + i % 3),
-    log-uniform raw losses in [10^lo, 10^hi] (the first ones replaced by ``special``)."""
+    log-uniform raw losses in [10^lo, 10^hi] (the first ones replaced by ``special``), standard
+    normal raw gradients, each task's row times 10^u with u uniform in ±``grad_spread``."""
     gen = torch.Generator().manual_seed(1000 * n + seed)
     tasks, targets = [], {}
     for i in range(n):
@@ -163,6 +168,8 @@ def make_world(n: int, seed: int, lo: float = -12.0, hi: float = 8.0,
         raw[i] = value
     init = 10.0 ** (-1 + 2 * torch.rand(n, dtype=F64, generator=gen))
     grads = torch.randn(n, n + 3, dtype=F64, generator=gen)
+    if grad_spread:
+        grads *= 10.0 ** (grad_spread * (2 * torch.rand(n, 1, dtype=F64, generator=gen) - 1))
     return World(tasks, raw, init, grads, targets)
 
 
@@ -174,10 +181,12 @@ class Step:
     update: list[Tensor]  # one tensor per (fake) shared parameter
 
 
-def step_in(world: World, name: str, overrides: dict[str, Any], dtype: torch.dtype = F64) -> Step:
+def step_in(world: World, name: str, overrides: dict[str, Any], dtype: torch.dtype = F64,
+            stats_dtype: torch.dtype | None = None) -> Step:
     """A fresh strategy's step in ``world``, computed as the training loop computes it. The shared
     parameters are two fake ones whose per-task gradients are the columns 0:2 and 2: of the
-    transformed gradients diag(loss_scale) A."""
+    transformed gradients diag(loss_scale) A. Losses and gradients are in ``dtype``, the gradient
+    statistics in ``stats_dtype`` (default: ``dtype``; the loop's are float64)."""
     strategy = make_strategy(name, overrides)
     try:
         strategy.setup(world.context())
@@ -191,7 +200,8 @@ def step_in(world: World, name: str, overrides: dict[str, Any], dtype: torch.dty
         return Step(w, list(update))
     stats = world.grads() if strategy.needs_gradients else None
     if stats is not None:
-        stats = GradientStats(stats.norms.to(dtype), stats.gramian.to(dtype))
+        stats = GradientStats(stats.norms.to(stats_dtype or dtype),
+                              stats.gramian.to(stats_dtype or dtype))
     w = strategy.weights(losses, stats)
     return Step(w, [torch.tensordot(w, g, dims=1) for g in per_task])
 
@@ -248,7 +258,7 @@ def test_valid_weights(name, overrides, n):
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize(("name", "overrides"), VARIANTS, ids=IDS)
 def test_no_nan_at_extreme_losses_and_zero_gradients(name, overrides, n):
-    for special in ((0.0, 1e-12, 1e8), (1e8, 0.0, 1e-12), (1e-12, 1e8, 0.0)):
+    for special in ((0.0, 1e-12, 1e8), (1e8, 0.0, 1e-12), (1e-12, 1e8, 0.0), (1e20, 0.0, 1e-24)):
         for dtype in (torch.float32, F64):
             world = make_world(n, seed=7, special=special)
             assert_valid(step_in(world, name, overrides, dtype), n, dtype)
@@ -271,23 +281,46 @@ def test_permutation_equivariance(name, overrides, n):
         assert_close_update(permuted.update, step.update, rtol=1e-10)
 
 
+#: One task's loss (and gradient) is multiplied by λ: with base losses 1e-12 … 1e8 that spans
+#: losses 1e-24 … 1e20 (old code: a 1e-12 loss floor and an absolute 1e-8 gradient-norm floor, and
+#: float32 squared norms, broke the claims outside roughly 1e-8 … 1e16).
+SCALES = (1e-12, 1e-6, 1e-3, 0.37, 1e3, 1e6, 1e12)
+#: Shifts c added to one task's loss (base losses 1e-12 … 1e8).
+SHIFTS = (1e-12, 0.5, 7.0, 1e4, 1e8)
+
+
+def check_scale_invariance(world: World, name: str, overrides: dict[str, Any],
+                           dtype: torch.dtype, rtol: float) -> None:
+    step = step_in(world, name, overrides, dtype, stats_dtype=F64)
+    n = world.n
+    for k in range(n):
+        for lam in SCALES:
+            # task k's loss and gradient are λ times larger: head k's update is w'_k · λ ∇L_k,
+            # so the update keeps its direction iff w' · s = c · w and update' = c · update
+            scaled = step_in(world.scaled(k, lam), name, overrides, dtype, stats_dtype=F64)
+            s = torch.ones(n, dtype=F64)
+            s[k] = lam
+            c = assert_same_direction(scaled.weights.double() * s, step.weights.double(), rtol)
+            assert_close_update([u.double() for u in scaled.update],
+                                [c * u.double() for u in step.update], rtol)
+
+
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize(("name", "overrides"), claims("scale_invariant"))
 def test_claimed_scale_invariance(name, overrides, n):
     assert make_strategy(name, overrides).scale_invariant
     for seed in range(3):
-        # losses ≥ 1e-6 so that λ = 1e-3 keeps them above the 1e-12 floor
-        world = make_world(n, seed, lo=-6.0)
-        step = step_in(world, name, overrides)
-        for k in range(n):
-            for lam in (1e-3, 0.37, 1e3):
-                # task k's loss and gradient are λ times larger: head k's update is w'_k · λ ∇L_k,
-                # so the update keeps its direction iff w' · s = c · w and update' = c · update
-                scaled = step_in(world.scaled(k, lam), name, overrides)
-                s = torch.ones(n, dtype=F64)
-                s[k] = lam
-                c = assert_same_direction(scaled.weights * s, step.weights)
-                assert_close_update(scaled.update, [c * u for u in step.update])
+        check_scale_invariance(make_world(n, seed, grad_spread=6.0), name, overrides, F64, 1e-9)
+
+
+@pytest.mark.parametrize("n", [2, 5])
+@pytest.mark.parametrize(("name", "overrides"), claims("scale_invariant"))
+def test_claimed_scale_invariance_in_float32(name, overrides, n):
+    """The same in float32 (what the loop runs), statistics in float64 as the loop computes them:
+    1/L_i, 1/||g_i|| and the squared norms of 1e-24 … 1e20 stay in range."""
+    for seed in range(2):
+        check_scale_invariance(make_world(n, seed, grad_spread=6.0), name, overrides,
+                               torch.float32, 1e-5)
 
 
 @pytest.mark.parametrize("n", SIZES)
@@ -295,10 +328,10 @@ def test_claimed_scale_invariance(name, overrides, n):
 def test_claimed_shift_invariance(name, overrides, n):
     assert make_strategy(name, overrides).shift_invariant
     for seed in range(3):
-        world = make_world(n, seed)
+        world = make_world(n, seed, grad_spread=6.0)
         step = step_in(world, name, overrides)
         for k in range(n):
-            for c in (0.5, 7.0):
+            for c in SHIFTS:
                 # gradients are unchanged by a shift: weights and update must be proportional
                 shifted = step_in(world.shifted(k, c), name, overrides)
                 factor = assert_same_direction(shifted.weights, step.weights)

@@ -34,13 +34,31 @@ def test_weights_equal_autograd_of_objective(seed):
     assert_close(strategy.weights(losses), autograd_weights(strategy, losses), rtol=1e-14, atol=0)
 
 
-def test_zero_and_tiny_losses_are_floored():
-    w = Realtime().weights(torch.tensor([0.0, 1e-12, 1e-300, 1e8], dtype=torch.float64))
+def test_only_zero_losses_are_floored():
+    """Positive normal losses keep w = 1/L at any magnitude (1e-12 … 1e-300 included: the old
+    floor made them all 1e12); a zero, negative or subnormal loss counts as LOSS_FLOOR."""
+    w = Realtime().weights(torch.tensor([0.0, 1e-12, 1e-30, 1e-300, 1e8, -2.0, 5e-324],
+                                        dtype=torch.float64))
     assert torch.isfinite(w).all()
-    assert w.tolist() == pytest.approx([1 / LOSS_FLOOR, 1 / LOSS_FLOOR, 1 / LOSS_FLOOR, 1e-8],
-                                       rel=1e-15)
-    w32 = Realtime().weights(torch.tensor([0.0, 1e8]))
-    assert w32.dtype == torch.float32 and torch.isfinite(w32).all()
+    assert w.tolist() == pytest.approx([1 / LOSS_FLOOR, 1e12, 1e30, 1e300, 1e-8, 1 / LOSS_FLOOR,
+                                        1 / LOSS_FLOOR], rel=1e-15)
+    w32 = Realtime().weights(torch.tensor([0.0, 1e8, 1e-24, 1e-40]))  # 1e-40: float32 subnormal
+    assert w32.dtype == torch.float32
+    assert w32.tolist() == pytest.approx([1e12, 1e-8, 1e24, 1e12], rel=1e-6)
+
+
+@pytest.mark.parametrize("lam", [1e-12, 1e-6, 1e6, 1e12])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_scale_invariant_far_below_the_old_floor(lam, dtype):
+    """Losses 1e-24 … 1e20 (1e-12 … 1e8 scaled by 1e-12 … 1e12): w_k · λ is unchanged."""
+    base = torch.tensor([1e-12, 3e-5, 1.0, 1e8], dtype=torch.float64)
+    for k in range(4):
+        scaled = base.clone()
+        scaled[k] *= lam
+        got = Realtime().weights(scaled.to(dtype)).double()
+        got[k] *= lam
+        assert_close(got, Realtime().weights(base.to(dtype)).double(),
+                     rtol=1e-6 if dtype == torch.float32 else 1e-15, atol=0)
 
 
 def test_objective_does_not_divide_by_zero():
