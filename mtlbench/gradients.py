@@ -204,7 +204,8 @@ def stats_from_gramian(gram: Tensor) -> GradientStats:
 
 def weighted_backward(losses: Tensor, fwd: BranchedForward, params: list[nn.Parameter],
                       heads: list[list[nn.Parameter]], shared: list[nn.Parameter], weigh: Weigh,
-                      covers_shared: bool = False) -> tuple[Tensor, TaskGradients]:
+                      covers_shared: bool = False,
+                      scale_heads: bool = True) -> tuple[Tensor, TaskGradients]:
     """One backward of Σ_i w_i L_i with w chosen from this step's per-task gradients (module doc).
 
     Args:
@@ -215,6 +216,7 @@ def weighted_backward(losses: Tensor, fwd: BranchedForward, params: list[nn.Para
         weigh: the strategy's decision, called once inside the backward (see :data:`Weigh`).
         covers_shared: ``params`` are all the backbone parameters: their update is formed from
             the per-task gradients and the backward stops at z.
+        scale_heads: head i's gradient is multiplied by w_i (else it keeps ∇L_i).
     Returns:
         the weights [n] and the per-task gradients the weights were chosen from. Afterwards
         ``.grad`` of every parameter holds the gradient of Σ_i w_i L_i (or the strategy's update).
@@ -270,6 +272,8 @@ def weighted_backward(losses: Tensor, fwd: BranchedForward, params: list[nn.Para
         for handle in handles:
             handle.remove()
     weights, grads = found[0]
+    if not scale_heads:
+        return weights, grads
     for task, w in zip(heads, weights.tolist(), strict=True):
         for p in task:
             if p.grad is not None:

@@ -149,7 +149,8 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
         weights, grads = weighted_backward(
             losses, fwd, gradient_params(model, source),
             [model.head_parameters(name) for name in names], model.shared_parameters(),
-            strategy_weigh(strategy, losses.detach()), covers_shared=source == "shared")
+            strategy_weigh(strategy, losses.detach()), covers_shared=source == "shared",
+            scale_heads=strategy.scale_heads)
         weights, stats = weights.detach(), grads.stats
     else:
         losses = task_losses(tasks, model(x)[1], y)

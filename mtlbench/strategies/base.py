@@ -77,6 +77,16 @@ class Strategy:
     #: ``__init__`` when the claim depends on a hyperparameter (generalized mean: γ = 0 / γ = 1).
     scale_invariant: bool = False
     shift_invariant: bool = False
+    #: False for strategies that draw random numbers (PCGrad's projection order): they opt out of
+    #: the exact permutation check (they draw from torch's global RNG, saved in checkpoints).
+    deterministic: bool = True
+    #: False for methods whose weights may be negative by design (IMTL-G, Aligned-MTL).
+    nonnegative_weights: bool = True
+    #: Gradient-side strategies: True (head i receives w_i ∇L_i, the gradient of Σ w_i L_i, with
+    #: the weights that :meth:`weights` / :meth:`combine_gradients` return) or False (head i keeps
+    #: its own ∇L_i, as LibMTL and torchjd's ``mtl_backward`` train task-specific parameters); the
+    #: loop reads it. Loss-side strategies always scale the heads.
+    scale_heads: bool = True
 
     #: Optional extension for gradient-side strategies whose shared update is not Σ_i w_i g_i (e.g.
     #: DB-MTL's moving average of gradient *vectors*, which no per-step weights can express). When

@@ -179,6 +179,7 @@ class Step:
 
     weights: Tensor  # [n]
     update: list[Tensor]  # one tensor per (fake) shared parameter
+    nonnegative: bool = True  # the strategy's ``nonnegative_weights`` claim
 
 
 def step_in(world: World, name: str, overrides: dict[str, Any], dtype: torch.dtype = F64,
@@ -188,6 +189,7 @@ def step_in(world: World, name: str, overrides: dict[str, Any], dtype: torch.dty
     transformed gradients diag(loss_scale) A. Losses and gradients are in ``dtype``, the gradient
     statistics in ``stats_dtype`` (default: ``dtype``; the loop's are float64)."""
     strategy = make_strategy(name, overrides)
+    torch.manual_seed(20261129)  # random strategies (PCGrad) draw the same numbers in every call
     try:
         strategy.setup(world.context())
     except ConfigError as error:
@@ -203,7 +205,8 @@ def step_in(world: World, name: str, overrides: dict[str, Any], dtype: torch.dty
         stats = GradientStats(stats.norms.to(stats_dtype or dtype),
                               stats.gramian.to(stats_dtype or dtype))
     w = strategy.weights(losses, stats)
-    return Step(w, [torch.tensordot(w, g, dims=1) for g in per_task])
+    return Step(w, [torch.tensordot(w, g, dims=1) for g in per_task],
+                strategy.nonnegative_weights)
 
 
 def assert_valid(step: Step, n: int, dtype: torch.dtype = F64, some_positive: bool = True) -> None:
@@ -211,8 +214,8 @@ def assert_valid(step: Step, n: int, dtype: torch.dtype = F64, some_positive: bo
     assert w.shape == (n,), w.shape
     assert w.dtype == dtype
     assert torch.isfinite(w).all(), w
-    assert (w >= 0).all(), w
-    assert not some_positive or (w > 0).any(), w
+    assert (w >= 0).all() or not step.nonnegative, w
+    assert not some_positive or (w > 0).any() or not step.nonnegative, w
     assert all(torch.isfinite(u).all() for u in step.update), step.update
 
 
@@ -272,6 +275,8 @@ def test_no_nan_at_extreme_losses_and_zero_gradients(name, overrides, n):
 @pytest.mark.parametrize("n", [2, 3, 5])
 @pytest.mark.parametrize(("name", "overrides"), VARIANTS, ids=IDS)
 def test_permutation_equivariance(name, overrides, n):
+    if not make_strategy(name, overrides).deterministic:
+        pytest.skip(f"{name} draws random numbers (deterministic = False)")
     for seed in range(3):
         world = make_world(n, seed)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))

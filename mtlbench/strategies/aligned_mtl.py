@@ -1,0 +1,49 @@
+"""Aligned-MTL: align the task gradients into an orthogonal, equal-norm set before averaging
+(Senushkin et al., 2023, "Independent Component Alignment for Multi-Task Learning").
+
+    G = V Λ Vᵀ  (the r eigenvalues λ_1 ≥ … ≥ λ_r above n · eps · λ_1, eigenvectors V [n, r]),
+    B = σ V Λ^(-1/2) Vᵀ,   w = B (1/n),   d = Σ_i w_i g_i = (1/n) Σ_i ĝ_i
+
+where the aligned gradients ĝ_i = Σ_j B_ij g_j have Gramian B G B = σ² V Vᵀ: orthogonal, all of
+norm σ (condition number 1 on the span of the gradients). σ² = λ_r (``scale_mode=min``, the
+paper's and the official code's default), the median (``median``) or the mean (``rmse``) of the
+λ's. Weights may be negative. torchjd's ``AlignedMTLWeighting`` averages the aligned gradients;
+the official code and LibMTL *sum* them (w = B 1): their update is n times this one (a step-size
+factor). Paper: https://arxiv.org/abs/2305.19000 (Aligned-MTL-UB = ``params=representation``).
+
+Claims: not scale invariant (scaling g_k changes the eigenbasis); with ``normalize`` it is. Shift
+invariant.
+
+Parameters:
+    params: ``shared``, ``last_shared`` or ``representation`` (see ``gramian_weighting``).
+    normalize: weigh the unit gradients; the update is Σ_i w'_i g_i / ||g_i||.
+    scale_mode: ``min``, ``median`` or ``rmse`` (σ² above).
+Returns weights [n] (1/n each if every gradient is 0).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mtlbench.strategies.base import check_choice
+from mtlbench.strategies.gramian_weighting import GramianWeighting
+
+SCALE_MODES = ("min", "median", "rmse")
+
+
+class AlignedMTL(GramianWeighting):
+    """Average of the gradients aligned to an orthogonal equal-norm set (see module doc)."""
+
+    name = "aligned_mtl"
+    nonnegative_weights = False
+
+    def __init__(self, *, params: str = "shared", normalize: bool = False,
+                 heads: str = "weighted",
+                 scale_mode: str = "min") -> None:
+        self.scale_mode = check_choice("scale_mode", scale_mode, SCALE_MODES)
+        super().__init__(params=params, normalize=normalize, heads=heads)
+
+    def build(self) -> Any:
+        from torchjd.aggregation import AlignedMTLWeighting
+
+        return AlignedMTLWeighting(scale_mode=self.scale_mode)

@@ -1,0 +1,68 @@
+"""CAGrad: the update that maximizes the worst task's improvement within a ball around the mean
+gradient (Liu et al., 2021, "Conflict-Averse Gradient Descent for Multi-task Learning").
+
+    max_d min_i g_i · d   s.t.  ||d − g_0|| ≤ c ||g_0||,   g_0 = (1/n) Σ_i g_i
+    dual: w* = argmin_{w ∈ Δ} g_w · g_0 + c ||g_0|| ||g_w||,   g_w = Σ_i w_i g_i
+    d = (g_0 + (c ||g_0|| / ||g_w*||) g_w*) / r,   i.e.  w_i = (1/n + c ||g_0|| w*_i / ||g_w*||) / r
+
+with r = 1 (``rescale=0``), 1 + c² (``rescale=1``, the authors' and LibMTL's default) or 1 + c
+(``rescale=2``): a constant step-size factor. torchjd's ``CAGradWeighting`` (cvxpy, CLARABEL)
+returns the ``rescale=0`` weights; LibMTL's (scipy SLSQP) formula with ``rescale=1`` is those
+divided by 1 + c² (the authors' code also multiplies the update by n "to match the sum loss").
+c = 0 gives the mean. When ||g_w*|| < 1e-4 · sqrt(tr G) (approximately Pareto-stationary
+gradients, e.g. one of them 0, or all 0), torchjd returns all-zero weights (no step, heads
+included); this strategy returns the mean weights 1/n / r instead — the authors' formula when
+g_w* = 0.
+Paper: https://arxiv.org/abs/2110.14048.
+
+Claims: not scale invariant (g_0 and the ball are not); with ``normalize`` it is. Shift invariant.
+The dual is solved to the solver's tolerance (≈1e-8), not exactly.
+
+Parameters:
+    params: ``shared``, ``last_shared`` or ``representation`` (see ``gramian_weighting``).
+    normalize: weigh the unit gradients; the update is Σ_i w'_i g_i / ||g_i||.
+    c: ≥ 0, the ball's radius relative to ||g_0|| (0.5: LibMTL's default and that of the
+        authors' ``cagrad()``; their NYUv2 script runs 0.4).
+    rescale: 0, 1 or 2 (see above).
+Returns weights [n] ≥ 1/(n r).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mtlbench.errors import ConfigError
+from mtlbench.strategies.gramian_weighting import GramianWeighting, check_positive
+
+
+class CAGrad(GramianWeighting):
+    """Conflict-averse update in a ball around the mean gradient (see module doc)."""
+
+    name = "cagrad"
+    solver = "cvxpy"
+
+    def __init__(self, *, params: str = "shared", normalize: bool = False,
+                 heads: str = "weighted", c: float = 0.5,
+                 rescale: int = 1) -> None:
+        self.c = check_positive("c", c, allow_zero=True)
+        if isinstance(rescale, bool) or rescale not in (0, 1, 2):
+            raise ConfigError(
+                f"Parameter `rescale` must be one of 0, 1, 2. Found `rescale = {rescale}`."
+            )
+        self.rescale = int(rescale)
+        self.divisor = (1.0, 1.0 + self.c ** 2, 1.0 + self.c)[self.rescale]
+        super().__init__(params=params, normalize=normalize, heads=heads)
+
+    def build(self) -> Any:
+        from torchjd.aggregation import CAGradWeighting
+
+        return CAGradWeighting(c=self.c)
+
+    def solve(self, gramian: Tensor) -> Tensor:
+        w = super().solve(gramian)
+        if not bool((w != 0).any()):
+            w = torch.full_like(w, 1.0 / w.numel())
+        return w / self.divisor

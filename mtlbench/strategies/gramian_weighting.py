@@ -1,0 +1,167 @@
+"""Shared adapter for the Gramian-side peer methods (MGDA, UPGrad, DualProj, PCGrad, IMTL-G,
+CAGrad, Aligned-MTL, FairGrad): a torchjd ``Weighting`` applied to the loop's Gramian.
+
+The loop hands a gradient-side strategy ``GradientStats`` with the Gramian G_ij = g_i · g_j [n, n]
+(float64) of the per-task gradients g_i over ``params`` (``shared``, ``last_shared``, or
+``representation``: the ∂L_i/∂z at the representation, which gives the methods' "-UB" upper-bound
+variants as in MGDA-UB). Every method below is a function w = f(G) [n]; the loop applies
+Σ_i w_i g_i to the shared parameters and w_i ∇L_i to head i. The losses are never read, so every
+method is shift invariant (``shift_invariant = True``).
+
+``normalize`` (default false): unit-normalize the task gradients before weighting. With
+D = diag(||g_i||) the method sees the cosine matrix
+
+    C = D⁻¹ G D⁻¹   (C_ij = cos(g_i, g_j); a zero gradient stays zero: its row is 0)
+
+and returns w' = f(C) for the unit gradients u_i = g_i / ||g_i||; the weights applied to the
+*original* gradients are w_i = w'_i / ||g_i||, so the shared update is Σ_i w'_i g_i / ||g_i|| and
+head i receives w'_i ∇L_i / ||g_i|| (as ``gradnorm_ideal`` scales it). A task whose gradient
+is exactly 0 keeps w_i = w'_i (as if its norm were 1; it adds nothing to the shared update).
+Scaling one task's loss by λ > 0 leaves C, hence w' and the whole update, unchanged: with
+``normalize`` every method is scale invariant (``scale_invariant = True``). Without it the claim
+is per method.
+
+Numerics: the n × n Gramian is copied to the CPU once per step (torchjd's solvers — quadprog,
+cvxpy, scipy — run on numpy; the rest is n × n work) and weighed in float64; the weights come back
+in the losses' dtype and device (``base.finite_weights``). Before calling the weighting, G is
+divided by its trace s = Σ_i ||g_i||² and the weights multiplied by s^``degree`` (the weighting's
+homogeneity degree, w(sG) = s^degree · w(G): 0 for all but FairGrad). That is exact in exact
+arithmetic and makes torchjd's absolute thresholds relative to the gradients' size: without it
+UPGrad and DualProj silently return the mean weights and CAGrad all-zero weights once
+tr(G) < 1e-4 (their ``norm_eps``), which small gradients late in training reach. Methods whose
+weights transform as w(DGD) ∝ D⁻¹ w(G) (IMTL-G, FairGrad with α = 1) are always computed from C
+(``via_cosines``), which is exact too and far better conditioned when the norms span many orders
+of magnitude.
+
+``heads``: ``weighted`` (head i receives w_i ∇L_i) or ``unweighted`` (its own ∇L_i, as LibMTL
+and torchjd's ``mtl_backward`` train the task-specific parameters); each method's YAML picks its
+authors' convention. Scale invariance of the whole update needs ``weighted`` heads.
+
+``deterministic``: false for methods that draw random numbers (PCGrad's projection order); those
+opt out of exact equivariance checks (two calls on the same Gramian may differ).
+
+A solver that torchjd cannot import (optional dependencies) is reported when the strategy is built,
+as one line: ``strategy=<name> needs <package>: pip install 'mtlbench[solvers]'``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mtlbench.errors import ConfigError
+from mtlbench.strategies.base import (
+    GRADIENT_SOURCES,
+    GradientStats,
+    Strategy,
+    check_choice,
+    check_real,
+    finite_weights,
+)
+
+F64 = torch.float64
+HEADS = ("weighted", "unweighted")
+INSTALL = "pip install 'mtlbench[solvers]'"
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Validate a boolean hyperparameter."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"Parameter `{name}` must be true or false. Found `{name} = {value}`.")
+    return value
+
+
+def check_int(name: str, value: Any, *, minimum: int) -> int:
+    """Validate an integer hyperparameter ≥ ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(
+            f"Parameter `{name}` must be an integer >= {minimum}. Found `{name} = {value}`."
+        )
+    return value
+
+
+def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """Validate a finite real hyperparameter > 0 (≥ 0 with ``allow_zero``)."""
+    number = check_real(name, value)
+    if number < 0 or (number == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"Parameter `{name}` must be {bound}. Found `{name} = {value}`.")
+    return number
+
+
+def cosine_matrix(gramian: Tensor) -> tuple[Tensor, Tensor]:
+    """``(C, inv)``: C = D⁻¹ G D⁻¹ [n, n] with unit diagonal (0 for a zero gradient) and
+    inv_i = 1 / ||g_i|| [n] (0 for a zero gradient), from a float64 Gramian [n, n]."""
+    norms = gramian.diagonal().clamp_min(0).sqrt()
+    nonzero = norms > 0
+    inv = torch.where(nonzero, norms.reciprocal(), torch.zeros_like(norms))
+    cos = (inv[:, None] * gramian * inv[None, :]).clamp_(-1.0, 1.0)
+    cos.diagonal().copy_(nonzero.to(cos.dtype))
+    return cos, inv
+
+
+class GramianWeighting(Strategy):
+    """Base class: w = f(G) by a torchjd weighting (see the module docstring).
+
+    Subclasses set ``name`` and ``solver`` (the package named when torchjd cannot import its
+    solver), set their hyperparameters, call ``super().__init__(params=..., normalize=...)`` and
+    implement :meth:`build`; they may override :meth:`solve` (w from a float64 CPU Gramian).
+    """
+
+    needs_gradients = True
+    shift_invariant = True  # the losses are never read
+    #: Homogeneity degree p of the weighting: w(s G) = s^p w(G) for s > 0.
+    degree: float = 0.0
+    #: Compute from the cosine matrix C even without ``normalize`` (for methods whose direction is
+    #: invariant to per-task gradient scales; exact, better conditioned).
+    via_cosines: bool = False
+    #: The strategy's config name and the package its torchjd solver needs ("" if none).
+    name: str = ""
+    solver: str = ""
+
+    def __init__(self, *, params: str = "shared", normalize: bool = False,
+                 heads: str = "weighted") -> None:
+        self.gradient_source = check_choice("params", params, GRADIENT_SOURCES)
+        self.normalize = check_bool("normalize", normalize)
+        self.heads = check_choice("heads", heads, HEADS)
+        self.scale_heads = self.heads == "weighted"
+        if self.normalize:  # the whole update keeps its direction only if the heads scale too
+            self.scale_invariant = self.heads == "weighted"
+        try:
+            self.weighting = self.build()
+        except ImportError:
+            raise ConfigError(
+                f"strategy={self.name} needs {self.solver or 'torchjd'}: {INSTALL}"
+            ) from None
+
+    def build(self) -> Any:
+        """The torchjd weighting (a callable [n, n] float64 → [n]); may raise ImportError."""
+        raise NotImplementedError
+
+    def solve(self, gramian: Tensor) -> Tensor:
+        """w = f(G) [n] from a float64 CPU Gramian [n, n], through the weighting called on G / tr G
+        (weights times tr(G)^degree; a zero Gramian is passed as is)."""
+        trace = gramian.diagonal().sum()
+        if not (torch.isfinite(trace) and trace > 0):
+            return self.weighting(gramian).to(F64)
+        w = self.weighting(gramian / trace).to(F64)
+        return w if self.degree == 0 else w * trace ** self.degree
+
+    def gramian_weights(self, gramian: Tensor) -> Tensor:
+        """Weights on the original gradients [n] (float64) from the float64 CPU Gramian [n, n]:
+        f(G), or f(C) / ||g_i|| with ``normalize`` or ``via_cosines``."""
+        if not (self.normalize or self.via_cosines):
+            return self.solve(gramian)
+        cos, inv = cosine_matrix(gramian)
+        return self.solve(cos) * torch.where(inv > 0, inv, torch.ones_like(inv))
+
+    def weights(self, losses: Tensor, grads: GradientStats | None = None) -> Tensor:
+        """w [n] in the losses' dtype and device from ``grads.gramian`` [n, n] (any float dtype
+        and device); ``losses`` [n] are not read."""
+        assert grads is not None, f"{self.name} needs gradient statistics"
+        gramian = grads.gramian.detach().to(device="cpu", dtype=F64)
+        gramian = 0.5 * (gramian + gramian.T)  # exactly symmetric for the solvers
+        w = self.gramian_weights(gramian)
+        return finite_weights(w, losses).to(losses.device)
