@@ -181,6 +181,31 @@ def check_real(name: str, value: Any, *, allow_inf: bool = False) -> float:
     return number
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """Validate a boolean hyperparameter."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"Parameter `{name}` must be true or false. Found `{name} = {value}`.")
+    return value
+
+
+def check_int(name: str, value: Any, *, minimum: int) -> int:
+    """Validate an integer hyperparameter ≥ ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(
+            f"Parameter `{name}` must be an integer >= {minimum}. Found `{name} = {value}`."
+        )
+    return value
+
+
+def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """Validate a finite real hyperparameter > 0 (≥ 0 with ``allow_zero``)."""
+    number = check_real(name, value)
+    if number < 0 or (number == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"Parameter `{name}` must be {bound}. Found `{name} = {value}`.")
+    return number
+
+
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     """Validate a string hyperparameter against ``choices``."""
     if value not in choices:

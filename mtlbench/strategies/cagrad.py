@@ -35,7 +35,8 @@ import torch
 from torch import Tensor
 
 from mtlbench.errors import ConfigError
-from mtlbench.strategies.gramian_weighting import GramianWeighting, check_positive
+from mtlbench.strategies.base import check_positive
+from mtlbench.strategies.gramian_weighting import GramianWeighting
 
 
 class CAGrad(GramianWeighting):

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mtlbench.strategies.gramian_weighting import GramianWeighting, check_positive
+from mtlbench.strategies.base import check_positive
+from mtlbench.strategies.gramian_weighting import GramianWeighting
 
 
 class DualProj(GramianWeighting):

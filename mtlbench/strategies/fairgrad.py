@@ -36,7 +36,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mtlbench.strategies.gramian_weighting import GramianWeighting, check_positive
+from mtlbench.strategies.base import check_positive
+from mtlbench.strategies.gramian_weighting import GramianWeighting
 
 
 class FairGrad(GramianWeighting):

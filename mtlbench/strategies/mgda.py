@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mtlbench.strategies.gramian_weighting import GramianWeighting, check_int, check_positive
+from mtlbench.strategies.base import check_int, check_positive
+from mtlbench.strategies.gramian_weighting import GramianWeighting
 
 
 class MGDA(GramianWeighting):
