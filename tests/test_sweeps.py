@@ -136,6 +136,9 @@ def test_comparison_presets_cover_strategies_and_one_baseline_per_task() -> None
         listed = set(str(cfg.hydra.sweeper.params.strategy).split(","))
         assert listed - existing <= PENDING_STRATEGIES, preset
         assert {"equal", "realtime", "geometric", "init_loss", "prior_loss"} <= listed
+    cfg = compose_hydra([f"{experiment_key()}=strategy_comparison"])
+    listed = set(str(cfg.hydra.sweeper.params.strategy).replace(" ", "").split(","))
+    assert listed == existing - {"static", "generalized_mean", "single_task"}
     stl = compose_hydra([f"{experiment_key()}=strategy_comparison_stl"])
     assert stl.strategy._target_.endswith("SingleTask")
     assert set(str(stl.hydra.sweeper.params["data.only"]).split(",")) == set(stl.data.tasks)
