@@ -243,7 +243,6 @@ def run(cfg: DictConfig, run_dir: Path, strategy_name: str, *, interactive: bool
     values = rundir.result_config(OmegaConf.to_container(cfg, resolve=True))
     with rundir.RunDir(run_dir) as owned:
         threads = apply_num_threads(tcfg.num_threads)
-        log.info("CPU threads: %d (trainer.num_threads=%d)", threads, tcfg.num_threads)
         if tcfg.retain_cpu_memory:
             retain_freed_memory()
         seed_everything(cfg.seed)
@@ -270,6 +269,7 @@ def run(cfg: DictConfig, run_dir: Path, strategy_name: str, *, interactive: bool
             start, counters = checkpoint.restore(prior.checkpoint, prior.checkpoint_path, model,
                                                  optimizer, scheduler, strategy)
         owned.claim(prior, config_files)
+        log.info("CPU threads: %d (trainer.num_threads=%d)", threads, tcfg.num_threads)
         if start:
             log.info("Resumed from checkpoint at step %d in %s", start, run_dir)
         elif prior.stale:
