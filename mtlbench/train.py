@@ -103,6 +103,20 @@ def gradient_params(model: MultiTaskModel, source: str) -> list[torch.nn.Paramet
             "representation": list}[source]()
 
 
+def build_optimizer(cfg: DictConfig, model: MultiTaskModel,
+                    strategy: Strategy) -> torch.optim.Optimizer:
+    """The ``optimizer`` group over the network, plus the strategy's learnable parameters as their
+    own parameter group (own learning rate if the strategy has one, no weight decay)."""
+    optimizer = instantiate_group("optimizer", cfg, params=model.parameters())
+    learned = strategy.parameters()
+    if learned:
+        group: dict[str, Any] = {"params": learned, "weight_decay": 0.0}
+        if strategy.lr is not None:
+            group["lr"] = strategy.lr
+        optimizer.add_param_group(group)
+    return optimizer
+
+
 @torch.no_grad()
 def measure_losses(model: MultiTaskModel, data: MultiTaskData, batches: int, batch_size: int,
                    seed: int) -> Tensor:
@@ -155,8 +169,12 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
     else:
         losses = task_losses(tasks, model(x)[1], y)
         weights = strategy.weights(losses.detach(), None).detach()
-        (weights.to(losses.dtype) * losses).sum().backward()
-    grad_list = [p.grad for p in model.trainable_parameters() if p.grad is not None]
+        if strategy.parameters():  # learned weights: their gradient comes from the objective
+            strategy.objective(losses).backward()
+        else:
+            (weights.to(losses.dtype) * losses).sum().backward()
+    grad_list = [p.grad for group in optimizer.param_groups for p in group["params"]
+                 if p.grad is not None]
     # max |g| over all gradients in one fused reduction (no per-parameter sync; no overflow)
     max_grad = torch.nn.utils.get_total_norm(grad_list, math.inf)
     finite = bool(torch.isfinite(losses.detach()).all() & torch.isfinite(weights).all()
@@ -251,13 +269,13 @@ def run(cfg: DictConfig, run_dir: Path, strategy_name: str, *, interactive: bool
         data = build_data(cfg.data, cfg.seed).to(device)
         strategy: Strategy = instantiate_group("strategy", cfg.strategy, _convert_="all")
         model = build_model(cfg.model, data.input_shape, data.tasks).to(device)
-        optimizer = instantiate_group("optimizer", cfg.optimizer, params=model.parameters())
-        scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, tcfg.lr_decay_every, tcfg.lr_decay)
-                     if tcfg.lr_decay_every > 0 else None)
         check_report_metric(tcfg.report_metric, data.tasks)
         strategy.setup(SetupContext(  # on resume, replaced by the checkpoint's strategy state
             tasks=data.tasks, train_targets=data.train.targets,
             measure_losses=lambda k: measure_losses(model, data, k, tcfg.batch_size, cfg.seed)))
+        optimizer = build_optimizer(cfg.optimizer, model, strategy)
+        scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, tcfg.lr_decay_every, tcfg.lr_decay)
+                     if tcfg.lr_decay_every > 0 else None)
 
         prior = owned.inspect(values, fresh=tcfg.resume == "fresh", load_checkpoint=checkpoint.load)
         if prior.state == "done":

@@ -94,8 +94,20 @@ class Strategy:
     #: :meth:`combine_gradients` instead of :meth:`weights`. Loss-side strategies never set it.
     combines_gradients: bool = False
 
+    #: Learning rate of :meth:`parameters` (None: the network optimizer's).
+    lr: float | None = None
+
     def setup(self, ctx: SetupContext) -> None:
         """Read statistics once before training (default: nothing)."""
+
+    def parameters(self) -> list[Tensor]:
+        """Learnable strategy parameters (e.g. UW's log-variances), created in :meth:`setup` on the
+        targets' device. The loop puts them in the network's optimizer as their own parameter group
+        (learning rate :attr:`lr` if set, no weight decay), back-propagates :meth:`objective`
+        (which must depend on them) instead of Σ w_i L_i, and checkpoints them through
+        :meth:`state_dict` (which must return them, and :meth:`load_state_dict` copy into them in
+        place). :meth:`weights` still gives ∂L/∂L_i, which is logged. Default: none."""
+        return []
 
     def combine_gradients(self, losses: Tensor,
                           per_task: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
