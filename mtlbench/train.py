@@ -81,11 +81,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Training steps in one epoch of ``n`` examples (the last partial batch is dropped)."""
+    return max(n // batch_size, 1)
+
+
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> Tensor:
     """Indices of training batch ``step``: epoch e is a permutation seeded by (seed, e), the last
     partial batch dropped. A pure function of ``step``, so resuming needs no data-order state."""
-    per_epoch = max(n // batch_size, 1)
-    epoch, i = divmod(step, per_epoch)
+    epoch, i = divmod(step, steps_per_epoch(n, batch_size))
     gen = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**64)
     perm = torch.randperm(n, generator=gen)
     return perm[i * batch_size:(i + 1) * batch_size]
@@ -326,6 +330,7 @@ class Loop:
         tasks, names, device = data.tasks, [t.name for t in data.tasks], data.train.inputs.device
         skipped, started, val = counters.get("skipped_steps", 0), time.perf_counter(), {}
         max_skipped = math.floor(tcfg.max_skip_fraction * tcfg.max_steps)
+        per_epoch = steps_per_epoch(len(data.train), tcfg.batch_size)
         bar = interactive if tcfg.progress == "auto" else tcfg.progress == "on"
         with StopOnInterrupt() as interrupt, Progress(tcfg.max_steps, bar, names=names) as progress:
             self.logger = RunLogger(self.run_dir, names, purge_step=start or None)
@@ -333,6 +338,10 @@ class Loop:
                 idx = batch_indices(step, len(data.train), tcfg.batch_size, cfg.seed).to(device)
                 x, y = data.train.batch(idx)
                 result = train_step(self.model, tasks, x, y, self.strategy, self.optimizer)
+                if result.finite:
+                    self.strategy.after_step(result.losses)
+                if (step + 1) % per_epoch == 0:
+                    self.strategy.end_of_epoch(step // per_epoch)
                 if not result.finite:
                     skipped += 1
                     self.check_divergence(step, names, result, skipped, max_skipped)

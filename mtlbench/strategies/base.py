@@ -100,6 +100,14 @@ class Strategy:
     def setup(self, ctx: SetupContext) -> None:
         """Read statistics once before training (default: nothing)."""
 
+    def after_step(self, losses: Tensor) -> None:
+        """Called by the loop after every applied optimizer step with that step's task losses
+        [n] (detached); skipped steps are not reported. Default: nothing."""
+
+    def end_of_epoch(self, epoch: int) -> None:
+        """Called by the loop when training epoch ``epoch`` (0-based; an epoch is
+        ``len(train) // batch_size`` steps) is done. Default: nothing."""
+
     def parameters(self) -> list[Tensor]:
         """Learnable strategy parameters (e.g. UW's log-variances), created in :meth:`setup` on the
         targets' device. The loop puts them in the network's optimizer as their own parameter group
