@@ -1,0 +1,87 @@
+"""FAMO: first-step weights, one logit update by hand, the objective's gradient, exact resume."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import compose_config
+from torch.testing import assert_close
+
+from mtlbench import train
+from mtlbench.errors import ConfigError
+from mtlbench.strategies.base import SetupContext
+from mtlbench.strategies.famo import FAMO
+from mtlbench.tasks import TaskSpec
+from mtlbench.train import run
+
+TASKS = [TaskSpec(name=f"t{i}", kind="regression", out_dim=1) for i in range(2)]
+F64 = torch.float64
+
+
+def famo(**kwargs) -> FAMO:
+    strategy = FAMO(**kwargs)
+    strategy.setup(SetupContext(tasks=TASKS))
+    return strategy
+
+
+def test_first_step_weights_are_normalized_inverse_losses() -> None:
+    """z uniform: w_i = (1/D_i) / Σ_j (1/D_j), so Σ w_i D_i = 1."""
+    losses = torch.tensor([2.0, 0.5], dtype=F64)
+    w = famo(eps=1e-300).weights(losses)
+    assert_close(w, torch.tensor([0.2, 0.8], dtype=F64), rtol=1e-12, atol=0)
+
+
+def test_second_step_moves_the_logits_against_the_task_that_fell_more() -> None:
+    """δ = (log 2, 0): ∂z/∂ξᵀ δ = z_i (δ_i − Σ z_j δ_j) = (+, −) log 2 / 4; Adam's first step
+    moves ξ by −lr · sign: ξ = (−0.025, +0.025) (weight decay is 0 at ξ = 0)."""
+    strategy = famo(eps=1e-300)
+    strategy.weights(torch.tensor([1.0, 1.0], dtype=F64))
+    w = strategy.weights(torch.tensor([0.5, 1.0], dtype=F64))
+    assert_close(strategy.logits.detach(), torch.tensor([-0.025, 0.025], dtype=F64), rtol=1e-6,
+                 atol=0)
+    z = torch.softmax(torch.tensor([-0.025, 0.025], dtype=F64), dim=0)
+    expected = (z / torch.tensor([0.5, 1.0], dtype=F64)) / (z / torch.tensor([0.5, 1.0])).sum()
+    assert_close(w, expected, rtol=1e-6, atol=0)
+    assert w[1] / w[0] == pytest.approx(0.5 * math.exp(0.05), rel=1e-6)
+
+
+def test_objective_gradient_equals_the_weights() -> None:
+    strategy = famo()
+    strategy.weights(torch.tensor([3.0, 1.0], dtype=F64))
+    losses = torch.tensor([2.0, 1.5], dtype=F64, requires_grad=True)
+    w = strategy.weights(losses.detach())
+    (grad,) = torch.autograd.grad(strategy.objective(losses), losses)
+    assert_close(grad, w, rtol=1e-12, atol=0)
+
+
+def test_bad_hyperparameters_are_one_line() -> None:
+    with pytest.raises(ConfigError, match=r"`lr` must be > 0\. Found `lr = 0`"):
+        FAMO(lr=0)
+    with pytest.raises(ConfigError, match=r"`gamma` must be >= 0\. Found `gamma = -1`"):
+        FAMO(gamma=-1)
+
+
+ARGS = ["strategy=famo", "trainer.max_steps=12", "trainer.eval_every=6",
+        "trainer.checkpoint_every=5", "trainer.batch_size=32", "data.n_train=256",
+        "data.n_val=64", "data.n_test=64", "trainer.device=cpu"]
+
+
+def test_resume_is_exact(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ξ, its Adam state and the previous losses are checkpointed: killed after step 5 and
+    resumed, the run ends where an uninterrupted one does."""
+    full = run(compose_config(ARGS), tmp_path / "full", "famo")["tasks"]
+    save = train.Loop.save
+
+    def save_then_die(self, step, skipped):
+        path = save(self, step, skipped)
+        if step == 5:
+            raise KeyboardInterrupt("killed")
+        return path
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train.Loop, "save", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            run(compose_config(ARGS), tmp_path / "part", "famo")
+    assert run(compose_config(ARGS), tmp_path / "part", "famo")["tasks"] == full
