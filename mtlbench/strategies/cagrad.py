@@ -9,10 +9,12 @@ with r = 1 (``rescale=0``), 1 + c² (``rescale=1``, the authors' and LibMTL's de
 (``rescale=2``): a constant step-size factor. torchjd's ``CAGradWeighting`` (cvxpy, CLARABEL)
 returns the ``rescale=0`` weights; LibMTL's (scipy SLSQP) formula with ``rescale=1`` is those
 divided by 1 + c² (the authors' code also multiplies the update by n "to match the sum loss").
-c = 0 gives the mean. When ||g_w*|| < 1e-4 · sqrt(tr G) (approximately Pareto-stationary
-gradients, e.g. one of them 0, or all 0), torchjd returns all-zero weights (no step, heads
-included); this strategy returns the mean weights 1/n / r instead — the authors' formula when
-g_w* = 0.
+c = 0 gives the mean. torchjd drops the correction term (all-zero weights) when ||g_w*|| is below
+its ``norm_eps``; on the trace-normalized Gramian this strategy passes ``NORM_EPS`` = 1e-6, i.e.
+||g_w*|| < 1e-6 · sqrt(tr G) (torchjd's default 1e-4 already switches for two nearly opposite
+gradients, where the authors' formula still applies the correction; much lower would let the
+solver's ~1e-9 residual, e.g. next to a zero gradient, pick the correction's direction). Below
+it this strategy returns the mean weights 1/n / r — the authors' formula when g_w* = 0.
 Paper: https://arxiv.org/abs/2110.14048.
 
 Claims: not scale invariant (g_0 and the ball are not); with ``normalize`` it is. Shift invariant.
@@ -39,6 +41,10 @@ from mtlbench.strategies.base import check_positive
 from mtlbench.strategies.gramian_weighting import GramianWeighting
 
 
+#: torchjd's threshold on ||g_w*|| relative to sqrt(tr G) (see the module docstring).
+NORM_EPS = 1e-6
+
+
 class CAGrad(GramianWeighting):
     """Conflict-averse update in a ball around the mean gradient (see module doc)."""
 
@@ -60,7 +66,7 @@ class CAGrad(GramianWeighting):
     def build(self) -> Any:
         from torchjd.aggregation import CAGradWeighting
 
-        return CAGradWeighting(c=self.c)
+        return CAGradWeighting(c=self.c, norm_eps=NORM_EPS)
 
     def solve(self, gramian: Tensor) -> Tensor:
         w = super().solve(gramian)
