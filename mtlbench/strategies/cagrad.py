@@ -40,7 +40,6 @@ from mtlbench.errors import ConfigError
 from mtlbench.strategies.base import check_positive
 from mtlbench.strategies.gramian_weighting import GramianWeighting
 
-
 #: torchjd's threshold on ||g_w*|| relative to sqrt(tr G) (see the module docstring).
 NORM_EPS = 1e-6
 
