@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mtlbench.strategies.base import GradientStats, float32_is_safe, wide
+from mtlbench.stats import GradientStats, float32_is_safe, wide
 
 
 @dataclass
@@ -168,7 +168,7 @@ def gramian(per_param: list[Tensor]) -> Tensor:
     1/||g_i|| into 0 or its floor; so products and sums are taken in float64 (:func:`_gramian64`),
     except that on the CPU float32 gradients are first multiplied in float32 (faster: float64
     products cost ~2% of a step there) and that result is kept when its diagonal lies within
-    ``FLOAT32_SAFE_SQUARED_NORMS`` (``strategies.base.float32_is_safe``; no device sync on the
+    ``FLOAT32_SAFE_SQUARED_NORMS`` (``stats.float32_is_safe``; no device sync on the
     CPU)."""
     assert per_param, "no gradients"
     n = per_param[0].shape[0]
@@ -294,9 +294,3 @@ def weighted_sum(weights: Tensor, tensors: list[Tensor]) -> Tensor:
 def combine(weights: Tensor, per_param: list[Tensor]) -> list[Tensor]:
     """Σ_i w_i g_i for each parameter, from per-task gradients [n, *p.shape]; weights [n]."""
     return [(weights.to(g.dtype) @ g.reshape(g.shape[0], -1)).view(g.shape[1:]) for g in per_param]
-
-
-def cosines(gram: Tensor, eps: float = 1e-30) -> Tensor:
-    """Pairwise cosine similarities G_ij / (||g_i|| ||g_j||) from a Gramian [n, n]."""
-    norms = gram.diagonal().clamp_min(0).sqrt()
-    return gram / (norms[:, None] * norms[None, :]).clamp_min(eps)

@@ -30,7 +30,6 @@ from mtlbench.files import write_json_atomic
 from mtlbench.gradients import (
     TaskGradients,
     Weigh,
-    cosines,
     split_forward,
     splits_at_last_shared,
     weighted_backward,
@@ -38,7 +37,8 @@ from mtlbench.gradients import (
 from mtlbench.instantiate import instantiate_group
 from mtlbench.models.multitask import MultiTaskModel, build_model
 from mtlbench.progress import Progress
-from mtlbench.strategies.base import GradientStats, SetupContext, Strategy
+from mtlbench.stats import GradientStats, cosines
+from mtlbench.strategies.base import SetupContext, Strategy
 from mtlbench.tasks import TaskSpec
 from mtlbench.tb import RunLogger, flatten_hparams
 from mtlbench.threads import apply_num_threads

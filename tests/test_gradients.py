@@ -8,7 +8,6 @@ from torch import nn
 from torch.testing import assert_close
 
 from mtlbench.gradients import (
-    cosines,
     gramian,
     linear_gramian,
     linear_method,
@@ -20,6 +19,7 @@ from mtlbench.gradients import (
 from mtlbench.models.heads import make_head
 from mtlbench.models.mlp import MLPBackbone
 from mtlbench.models.multitask import MultiTaskModel
+from mtlbench.stats import cosines
 from mtlbench.tasks import TaskSpec
 
 F64 = torch.float64

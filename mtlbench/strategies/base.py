@@ -19,6 +19,12 @@ import torch
 from torch import Tensor
 
 from mtlbench.errors import ConfigError
+from mtlbench.stats import (  # noqa: F401 - re-exported: strategies import them from here
+    FLOAT32_SAFE_SQUARED_NORMS,
+    GradientStats,
+    float32_is_safe,
+    wide,
+)
 from mtlbench.tasks import TaskSpec
 
 #: A loss that is not a positive normal number of its dtype (exactly 0, negative, or subnormal) is
@@ -28,23 +34,6 @@ from mtlbench.tasks import TaskSpec
 LOSS_FLOOR = 1e-12
 
 GRADIENT_SOURCES = ("shared", "last_shared", "representation")
-
-
-@dataclass
-class GradientStats:
-    """Statistics of the per-task gradients g_i = ∇ L_i over the declared parameters.
-
-    Attributes:
-        norms: ||g_i||, shape [n].
-        gramian: G_ij = g_i · g_j, shape [n, n] (so norms = sqrt(diag(G))).
-
-    The loop computes both in float64, or in float32 where float32 is exact to its precision
-    (``mtlbench.gradients.gramian``), so squared norms neither overflow nor underflow; strategies
-    accept any float dtype.
-    """
-
-    norms: Tensor
-    gramian: Tensor
 
 
 @dataclass
@@ -155,28 +144,6 @@ def floored(losses: Tensor) -> Tensor:
     loss is returned unchanged, so 1/L_i is finite in the dtype and exact wherever it was defined.
     The replaced entries get no gradient (as with a clamp)."""
     return torch.where(losses >= torch.finfo(losses.dtype).tiny, losses, LOSS_FLOOR)
-
-
-def wide(t: Tensor) -> torch.dtype:
-    """The dtype statistics of ``t`` are computed in: float64, except on MPS (no float64 there:
-    float32, i.e. float32's range)."""
-    return torch.float32 if t.device.type == "mps" else torch.float64
-
-
-#: Squared norms a float32 computation gets right: within this range no sum of squares (nor, by
-#: Cauchy-Schwarz, of products) can have overflowed, and the entries that dominate a row are far
-#: from float32's subnormals (a squared norm ≥ 1e-20 over ≤ 1e10 entries has some entry² ≥ 1e-30).
-FLOAT32_SAFE_SQUARED_NORMS = (1e-20, 1e36)
-
-
-def float32_is_safe(squared_norms: Tensor) -> bool:
-    """Whether float32 ``squared_norms`` [n] (e.g. a Gramian's diagonal) all lie in
-    :data:`FLOAT32_SAFE_SQUARED_NORMS`, checked only for CPU tensors (reading them costs no device
-    sync there); False for any other dtype or device, whose callers then compute in float64."""
-    if squared_norms.dtype != torch.float32 or squared_norms.device.type != "cpu":
-        return False
-    low, high = FLOAT32_SAFE_SQUARED_NORMS
-    return all(low <= v <= high for v in squared_norms.tolist())
 
 
 def finite_weights(weights: Tensor, like: Tensor) -> Tensor:
