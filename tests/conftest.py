@@ -40,3 +40,28 @@ def run_cli(args: Sequence[str], cwd: Path, timeout: float = 300,
 @pytest.fixture
 def cfg_factory():
     return compose_config
+
+
+def killed_and_resumed(args: Sequence[str], name: str, tmp_path: Path,
+                       at_step: int) -> tuple[dict, dict]:
+    """Test metrics of an uninterrupted run of ``args`` and of one that dies right after writing
+    its checkpoint of ``at_step`` (as a kill would) and is then re-run in the same dir."""
+    from mtlbench import checkpoint, train
+
+    full = train.run(compose_config(args), tmp_path / "full", name)["tasks"]
+    save = train.Loop.save
+
+    def save_then_die(self: train.Loop, step: int, skipped: int) -> Path:
+        path = save(self, step, skipped)
+        if step == at_step:
+            raise KeyboardInterrupt("killed")
+        return path
+
+    part = tmp_path / "part"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train.Loop, "save", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            train.run(compose_config(args), part, name)
+    assert checkpoint.list_checkpoints(part)[-1][0] == at_step
+    assert not (part / "metrics.json").exists()
+    return full, train.run(compose_config(args), part, name)["tasks"]

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, compose_config, run_cli
+from conftest import REPO, compose_config, killed_and_resumed, run_cli
 
-from mtlbench import checkpoint, files, train
+from mtlbench import checkpoint, files
 from mtlbench.errors import TrainingDiverged
 from mtlbench.train import run
 
@@ -38,30 +38,10 @@ def test_same_seed_same_metrics_different_seed_differs(tmp_path: Path) -> None:
     assert a != c
 
 
-def crash_after_checkpoint(monkeypatch: pytest.MonkeyPatch, at_step: int) -> None:
-    """Make the loop die (as a kill would) right after it writes the checkpoint of ``at_step``."""
-    save = train.Loop.save
-
-    def save_then_die(self: train.Loop, step: int, skipped: int) -> Path:
-        path = save(self, step, skipped)
-        if step == at_step:
-            raise KeyboardInterrupt("killed")
-        return path
-
-    monkeypatch.setattr(train.Loop, "save", save_then_die)
-
-
-def test_resume_in_process_matches_uninterrupted(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_in_process_matches_uninterrupted(tmp_path: Path) -> None:
     args = [*RESUME, "trainer.max_steps=60", "strategy=init_loss"]
-    full = run(compose_config(args), tmp_path / "full", "init_loss")["tasks"]
-    part_dir = tmp_path / "part"
-    with monkeypatch.context() as patch:
-        crash_after_checkpoint(patch, 50)
-        with pytest.raises(KeyboardInterrupt):
-            run(compose_config(args), part_dir, "init_loss")
-    assert [s for s, _ in checkpoint.list_checkpoints(part_dir)] == [25, 50]
-    resumed = run(compose_config(args), part_dir, "init_loss")["tasks"]
+    full, resumed = killed_and_resumed(args, "init_loss", tmp_path, at_step=50)
+    assert [s for s, _ in checkpoint.list_checkpoints(tmp_path / "part")] == [25, 50]
     assert resumed == full
 
 
@@ -223,15 +203,11 @@ def test_non_finite_final_metrics_are_null_and_flagged(tmp_path: Path) -> None:
         files.write_json_atomic(tmp_path / "m.json", {"v": math.inf})
 
 
-def test_skipped_step_count_survives_a_resume(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_skipped_step_count_survives_a_resume(tmp_path: Path) -> None:
     args = [*RESUME, "optimizer.lr=1e30", "data.tasks.reg_x100.loss_scale=1e30",
             "trainer.on_nonfinite=skip_step", "trainer.max_skip_fraction=0.99",
             "trainer.max_steps=50"]
-    full = run(compose_config(args), tmp_path / "full", "equal")
-    with monkeypatch.context() as patch:
-        crash_after_checkpoint(patch, 25)
-        with pytest.raises(KeyboardInterrupt):
-            run(compose_config(args), tmp_path / "part", "equal")
-    resumed = run(compose_config(args), tmp_path / "part", "equal")
+    killed_and_resumed(args, "equal", tmp_path, at_step=25)
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    resumed = json.loads((tmp_path / "part" / "metrics.json").read_text())
     assert resumed["skipped_steps"] == full["skipped_steps"] > 25

@@ -7,10 +7,9 @@ import math
 
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, killed_and_resumed
 from torch.testing import assert_close
 
-from mtlbench import train
 from mtlbench.errors import ConfigError
 from mtlbench.strategies.base import SetupContext
 from mtlbench.strategies.dwa import DWA
@@ -78,18 +77,7 @@ def test_loop_reports_steps_and_epochs(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert calls.index("e0") == 8 and calls.index("e1") == 17  # after steps 8 and 16
 
 
-def test_resume_mid_epoch_is_exact(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    full = run(compose_config(ARGS), tmp_path / "full", "dwa")["tasks"]
-    save = train.Loop.save
-
-    def save_then_die(self, step, skipped):
-        path = save(self, step, skipped)
-        if step == 30:  # mid-epoch (epochs end at 8, 16, 24, 32)
-            raise KeyboardInterrupt("killed")
-        return path
-
-    with monkeypatch.context() as patch:
-        patch.setattr(train.Loop, "save", save_then_die)
-        with pytest.raises(KeyboardInterrupt):
-            run(compose_config(ARGS), tmp_path / "part", "dwa")
-    assert run(compose_config(ARGS), tmp_path / "part", "dwa")["tasks"] == full
+def test_resume_mid_epoch_is_exact(tmp_path) -> None:
+    """Killed after step 30, mid-epoch (epochs end at 8, 16, 24, 32): the running sums resume."""
+    full, resumed = killed_and_resumed(ARGS, "dwa", tmp_path, at_step=30)
+    assert resumed == full

@@ -6,15 +6,13 @@ import math
 
 import pytest
 import torch
-from conftest import compose_config
+from conftest import killed_and_resumed
 from torch.testing import assert_close
 
-from mtlbench import train
 from mtlbench.errors import ConfigError
 from mtlbench.strategies.base import SetupContext
 from mtlbench.strategies.famo import FAMO
 from mtlbench.tasks import TaskSpec
-from mtlbench.train import run
 
 TASKS = [TaskSpec(name=f"t{i}", kind="regression", out_dim=1) for i in range(2)]
 F64 = torch.float64
@@ -68,20 +66,8 @@ ARGS = ["strategy=famo", "trainer.max_steps=12", "trainer.eval_every=6",
         "data.n_val=64", "data.n_test=64", "trainer.device=cpu"]
 
 
-def test_resume_is_exact(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_is_exact(tmp_path) -> None:
     """ξ, its Adam state and the previous losses are checkpointed: killed after step 5 and
     resumed, the run ends where an uninterrupted one does."""
-    full = run(compose_config(ARGS), tmp_path / "full", "famo")["tasks"]
-    save = train.Loop.save
-
-    def save_then_die(self, step, skipped):
-        path = save(self, step, skipped)
-        if step == 5:
-            raise KeyboardInterrupt("killed")
-        return path
-
-    with monkeypatch.context() as patch:
-        patch.setattr(train.Loop, "save", save_then_die)
-        with pytest.raises(KeyboardInterrupt):
-            run(compose_config(ARGS), tmp_path / "part", "famo")
-    assert run(compose_config(ARGS), tmp_path / "part", "famo")["tasks"] == full
+    full, resumed = killed_and_resumed(ARGS, "famo", tmp_path, at_step=5)
+    assert resumed == full

@@ -6,15 +6,13 @@ import math
 
 import pytest
 import torch
-from conftest import compose_config
+from conftest import killed_and_resumed
 from torch.testing import assert_close
 
-from mtlbench import train
 from mtlbench.errors import ConfigError
 from mtlbench.strategies.base import SetupContext
 from mtlbench.strategies.imtl_l import IMTLL
 from mtlbench.tasks import TaskSpec
-from mtlbench.train import run
 
 TASKS = [TaskSpec(name=f"t{i}", kind="regression", out_dim=1) for i in range(3)]
 
@@ -65,18 +63,6 @@ ARGS = ["strategy=imtl_l", "trainer.max_steps=8", "trainer.eval_every=4",
         "data.n_val=64", "data.n_test=64", "trainer.device=cpu"]
 
 
-def test_resume_is_exact(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    full = run(compose_config(ARGS), tmp_path / "full", "imtl_l")["tasks"]
-    save = train.Loop.save
-
-    def save_then_die(self, step, skipped):
-        path = save(self, step, skipped)
-        if step == 4:
-            raise KeyboardInterrupt("killed")
-        return path
-
-    with monkeypatch.context() as patch:
-        patch.setattr(train.Loop, "save", save_then_die)
-        with pytest.raises(KeyboardInterrupt):
-            run(compose_config(ARGS), tmp_path / "part", "imtl_l")
-    assert run(compose_config(ARGS), tmp_path / "part", "imtl_l")["tasks"] == full
+def test_resume_is_exact(tmp_path) -> None:
+    full, resumed = killed_and_resumed(ARGS, "imtl_l", tmp_path, at_step=4)
+    assert resumed == full

@@ -9,12 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config
+from conftest import killed_and_resumed
 from test_gramian_weighting import TINY, make, train_end_to_end, update, weigh
 from torch.testing import assert_close
-
-from mtlbench import checkpoint, train
-from mtlbench.train import run
 
 F64 = torch.float64
 
@@ -79,21 +76,8 @@ def test_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     a run killed after its step-4 checkpoint and resumed ends exactly as the uninterrupted one."""
     args = ["strategy=pcgrad", *TINY, "trainer.max_steps=8", "trainer.eval_every=4",
             "trainer.checkpoint_every=4"]
-    full = run(compose_config(args), tmp_path / "full", "pcgrad")["tasks"]
-    save = train.Loop.save
-
-    def save_then_die(self: train.Loop, step: int, skipped: int) -> Path:
-        path = save(self, step, skipped)
-        if step == 4:
-            raise KeyboardInterrupt("killed")
-        return path
-
-    with monkeypatch.context() as patch:
-        patch.setattr(train.Loop, "save", save_then_die)
-        with pytest.raises(KeyboardInterrupt):
-            run(compose_config(args), tmp_path / "part", "pcgrad")
-    assert [s for s, _ in checkpoint.list_checkpoints(tmp_path / "part")] == [4]
-    assert run(compose_config(args), tmp_path / "part", "pcgrad")["tasks"] == full
+    full, resumed = killed_and_resumed(args, "pcgrad", tmp_path, at_step=4)
+    assert resumed == full
 
 
 @pytest.mark.parametrize("params", ["shared", "representation"])

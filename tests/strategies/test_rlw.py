@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compose_config
+from conftest import killed_and_resumed
 
 from mtlbench.errors import ConfigError
 from mtlbench.strategies.rlw import RLW
-from mtlbench.train import run
 
 
 def test_normal_weights_are_the_softmax_of_the_seeded_draw() -> None:
@@ -60,25 +59,11 @@ def test_bad_distribution_is_one_line() -> None:
         RLW(distribution="beta")
 
 
-def test_resume_draws_the_same_weights(tmp_path, monkeypatch) -> None:
+def test_resume_draws_the_same_weights(tmp_path) -> None:
     """The draw comes from torch's RNG, which checkpoints save: killed at step 4 and resumed, the
     run ends where an uninterrupted one does."""
-    from mtlbench import train
-
     args = ["strategy=rlw", "trainer.max_steps=8", "trainer.eval_every=4",
             "trainer.checkpoint_every=4", "trainer.batch_size=32", "data.n_train=256",
             "data.n_val=64", "data.n_test=64", "trainer.device=cpu"]
-    full = run(compose_config(args), tmp_path / "full", "rlw")["tasks"]
-    save = train.Loop.save
-
-    def save_then_die(self, step, skipped):
-        path = save(self, step, skipped)
-        if step == 4:
-            raise KeyboardInterrupt("killed")
-        return path
-
-    with monkeypatch.context() as patch:
-        patch.setattr(train.Loop, "save", save_then_die)
-        with pytest.raises(KeyboardInterrupt):
-            run(compose_config(args), tmp_path / "part", "rlw")
-    assert run(compose_config(args), tmp_path / "part", "rlw")["tasks"] == full
+    full, resumed = killed_and_resumed(args, "rlw", tmp_path, at_step=4)
+    assert resumed == full

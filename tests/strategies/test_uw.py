@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, killed_and_resumed
 from torch.testing import assert_close
 
 from mtlbench import train
@@ -86,18 +86,6 @@ def test_loop_trains_s_in_its_own_group(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert not torch.equal(strategy.log_var.detach(), torch.full((4,), -0.5))
 
 
-def test_resume_is_exact(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    full = run(compose_config(ARGS), tmp_path / "full", "uw")["tasks"]
-    save = train.Loop.save
-
-    def save_then_die(self, step, skipped):
-        path = save(self, step, skipped)
-        if step == 4:
-            raise KeyboardInterrupt("killed")
-        return path
-
-    with monkeypatch.context() as patch:
-        patch.setattr(train.Loop, "save", save_then_die)
-        with pytest.raises(KeyboardInterrupt):
-            run(compose_config(ARGS), tmp_path / "part", "uw")
-    assert run(compose_config(ARGS), tmp_path / "part", "uw")["tasks"] == full
+def test_resume_is_exact(tmp_path) -> None:
+    full, resumed = killed_and_resumed(ARGS, "uw", tmp_path, at_step=4)
+    assert resumed == full
