@@ -13,6 +13,11 @@ from conftest import FAST, REPO, run_cli
 from mtlbench.cli import main
 
 STRATEGIES = sorted(p.stem for p in (REPO / "conf" / "strategy").glob("*.yaml"))
+#: The post's strategies (and the default) run through the real CLI in the default suite; every
+#: other one trains in-process in its own test file, and through the CLI in the slow suite.
+POST = {"equal", "static", "init_loss", "prior_loss", "realtime", "geometric", "generalized_mean",
+        "gradnorm_ideal", "single_task"}
+CLI_STRATEGIES = [s if s in POST else pytest.param(s, marks=pytest.mark.slow) for s in STRATEGIES]
 #: Extra overrides a strategy needs to run at all (single-task runs one task).
 NEEDS = {"single_task": ["data.only=cls_k10"]}
 
@@ -79,7 +84,7 @@ def test_huge_seed_trains(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", CLI_STRATEGIES)
 def test_each_strategy_trains_end_to_end(strategy: str, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     args = ["train", f"strategy={strategy}", *NEEDS.get(strategy, []), *FAST,
