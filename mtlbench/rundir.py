@@ -248,7 +248,8 @@ def may_record_failure(run_dir: Path) -> bool:
 def new_dir(base: str) -> str:
     """``base``, created now; ``base_2``, ``base_3``, … if it exists (mkdir is atomic, so two
     processes never get the same one). The ``mtlbench.new_dir`` resolver of the default
-    ``hydra.run.dir`` / ``hydra.sweep.dir``; memoized per process."""
+    ``hydra.run.dir`` (not of the sweep dir: Hydra re-composes every job's config, which would
+    create it again); memoized per process."""
     if base in _NEW_DIRS:
         return _NEW_DIRS[base]
     Path(base).parent.mkdir(parents=True, exist_ok=True)

@@ -241,3 +241,15 @@ def test_ctrl_c_checkpoints_says_how_to_resume_and_the_resume_is_exact(tmp_path:
     assert resumed.returncode == 0 and "Resumed from checkpoint" in resumed.stderr + resumed.stdout
     tasks = [json.loads((d / "metrics.json").read_text())["tasks"] for d in (reference, run_dir)]
     assert tasks[0] == tasks[1]
+
+
+def test_a_sweep_leaves_no_stray_default_dirs(tmp_path: Path) -> None:
+    """Hydra re-composes each job's config: a default dir that is created when resolved would be
+    created again per job (it was, with presets that set hydra.sweep.dir)."""
+    sweep = tmp_path / "sweep"
+    result = run_cli(["train", "-m", "experiment=strategy_comparison",
+                      "hydra.sweeper.params.strategy=equal", "hydra.sweeper.params.seed='0,1'",
+                      *FAST, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list(sweep.rglob("metrics.json"))) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]
