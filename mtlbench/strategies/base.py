@@ -138,6 +138,41 @@ class Strategy:
         """Inverse of :meth:`state_dict`."""
 
 
+class LearnedPerTask(Strategy):
+    """Base of loss-side strategies with one learned scalar per task (UW's log-variances, IMTL-L's
+    log-scales): created in :meth:`setup` (float32, the targets' device, ``init`` everywhere),
+    exposed through :meth:`parameters` and carried in checkpoints under :attr:`state_key`.
+    Subclasses implement :meth:`weights` and :meth:`objective` with :meth:`learned`."""
+
+    #: The parameter's name in the strategy's state dict.
+    state_key = "learned"
+
+    def __init__(self, *, init: float, lr: float | None) -> None:
+        self.init = check_real("init", init)
+        self.lr = None if lr is None else check_positive("lr", lr)
+        self._learned: Tensor | None = None
+
+    def setup(self, ctx: SetupContext) -> None:
+        device = next(iter(ctx.train_targets.values())).device if ctx.train_targets else None
+        self._learned = torch.full((len(ctx.tasks),), self.init, dtype=torch.float32,
+                                   device=device, requires_grad=True)
+
+    def learned(self) -> Tensor:
+        """The learned per-task parameter [n] (attached: objectives differentiate it)."""
+        assert self._learned is not None, "call setup() first"
+        return self._learned
+
+    def parameters(self) -> list[Tensor]:
+        return [self.learned()]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {self.state_key: self.learned().detach().clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            self.learned().copy_(state[self.state_key])
+
+
 def floored(losses: Tensor) -> Tensor:
     """``losses`` with every entry that is not a positive normal number of the dtype (0, negative,
     subnormal: below finfo.tiny, 1.2e-38 in float32) replaced by :data:`LOSS_FLOOR`; every other

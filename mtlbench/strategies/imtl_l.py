@@ -19,51 +19,27 @@ Returns weights [n] = exp(s), in the losses' dtype.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
-from mtlbench.strategies.base import (
-    GradientStats,
-    SetupContext,
-    Strategy,
-    check_positive,
-    check_real,
-)
+from mtlbench.strategies.base import GradientStats, LearnedPerTask
 
 
-class IMTLL(Strategy):
+class IMTLL(LearnedPerTask):
     """Learned log loss scales (see module doc)."""
 
+    state_key = "log_scale"
+
     def __init__(self, *, init: float = 0.0, lr: float | None = None) -> None:
-        self.init = check_real("init", init)
-        self.lr = None if lr is None else check_positive("lr", lr)
-        self.log_scale: Tensor | None = None
+        super().__init__(init=init, lr=lr)
 
-    def setup(self, ctx: SetupContext) -> None:
-        device = next(iter(ctx.train_targets.values())).device if ctx.train_targets else None
-        self.log_scale = torch.full((len(ctx.tasks),), self.init, dtype=torch.float32,
-                                    device=device, requires_grad=True)
-
-    def parameters(self) -> list[Tensor]:
-        assert self.log_scale is not None, "call setup() first"
-        return [self.log_scale]
+    @property
+    def log_scale(self) -> Tensor:
+        return self.learned()
 
     def weights(self, losses: Tensor, grads: GradientStats | None = None) -> Tensor:
-        assert self.log_scale is not None, "call setup() first"
         return torch.exp(self.log_scale.detach()).to(losses.dtype)
 
     def objective(self, losses: Tensor) -> Tensor:
-        assert self.log_scale is not None, "call setup() first"
         s = self.log_scale.to(losses.dtype)
         return (torch.exp(s) * losses - s).sum()
-
-    def state_dict(self) -> dict[str, Any]:
-        assert self.log_scale is not None, "call setup() first"
-        return {"log_scale": self.log_scale.detach().clone()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        assert self.log_scale is not None, "call setup() first"
-        with torch.no_grad():
-            self.log_scale.copy_(state["log_scale"])

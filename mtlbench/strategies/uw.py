@@ -21,51 +21,27 @@ Returns weights [n] = 1 / (2 exp(s)), in the losses' dtype.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
-from mtlbench.strategies.base import (
-    GradientStats,
-    SetupContext,
-    Strategy,
-    check_positive,
-    check_real,
-)
+from mtlbench.strategies.base import GradientStats, LearnedPerTask
 
 
-class UncertaintyWeighting(Strategy):
+class UncertaintyWeighting(LearnedPerTask):
     """Learned log-variance per task (see module doc)."""
 
+    state_key = "log_var"
+
     def __init__(self, *, init: float = -0.5, lr: float | None = None) -> None:
-        self.init = check_real("init", init)
-        self.lr = None if lr is None else check_positive("lr", lr)
-        self.log_var: Tensor | None = None
+        super().__init__(init=init, lr=lr)
 
-    def setup(self, ctx: SetupContext) -> None:
-        device = next(iter(ctx.train_targets.values())).device if ctx.train_targets else None
-        self.log_var = torch.full((len(ctx.tasks),), self.init, dtype=torch.float32,
-                                  device=device, requires_grad=True)
-
-    def parameters(self) -> list[Tensor]:
-        assert self.log_var is not None, "call setup() first"
-        return [self.log_var]
+    @property
+    def log_var(self) -> Tensor:
+        return self.learned()
 
     def weights(self, losses: Tensor, grads: GradientStats | None = None) -> Tensor:
-        assert self.log_var is not None, "call setup() first"
         return (0.5 * torch.exp(-self.log_var.detach())).to(losses.dtype)
 
     def objective(self, losses: Tensor) -> Tensor:
-        assert self.log_var is not None, "call setup() first"
         s = self.log_var.to(losses.dtype)
         return (0.5 * losses * torch.exp(-s) + 0.5 * s).sum()
-
-    def state_dict(self) -> dict[str, Any]:
-        assert self.log_var is not None, "call setup() first"
-        return {"log_var": self.log_var.detach().clone()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        assert self.log_var is not None, "call setup() first"
-        with torch.no_grad():
-            self.log_var.copy_(state["log_var"])
