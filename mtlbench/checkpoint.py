@@ -77,6 +77,8 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.opti
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "strategy": strategy.state_dict(),
+        **({"loss_weighting": stacked.state_dict()} if (stacked := getattr(
+            strategy, "loss_weighting", None)) is not None else {}),
         "rng": _rng_state(),
     }
     path = run_dir / CHECKPOINT_DIR / f"step_{step:08d}.pt"
@@ -113,6 +115,8 @@ def restore(state: dict[str, Any], path: Path, model: torch.nn.Module,
         if scheduler is not None and state["scheduler"] is not None:
             scheduler.load_state_dict(state["scheduler"])
         strategy.load_state_dict(state["strategy"])
+        if getattr(strategy, "loss_weighting", None) is not None:
+            strategy.loss_weighting.load_state_dict(state.get("loss_weighting", {}))
         _set_rng_state(state["rng"])
     except Exception as exc:  # noqa: BLE001 - reported as one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

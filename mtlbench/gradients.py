@@ -17,7 +17,8 @@ on s (which runs once every ∂L_t/∂s is in, before the gradient enters the ba
 * ``shared``: per-task gradients on every backbone parameter, by one batched vector-Jacobian product
   from z (``is_grads_batched``: n backward passes' worth of arithmetic in one call, no Python loop),
 
-asks the strategy for the weights w_i, and sends Σ_i w_i ∂L_i/∂s on into the backbone — so every
+asks the strategy for its :class:`Decision` (weights w_i, head weights, or a whole shared update),
+and sends Σ_i w_i ∂L_i/∂s on into the backbone — so every
 backbone parameter receives Σ_i w_i ∇L_i from the same backward (parameters whose per-task gradients
 are already at hand get Σ_i w_i g_i directly, and the backward skips their weight-gradient product).
 For ``shared`` the backward stops at z (the update Σ_i w_i g_i, or the strategy's own, is formed
@@ -72,9 +73,24 @@ class TaskGradients:
     stats: GradientStats
 
 
-#: ``weigh(grads)`` → ``(weights [n], shared_update)``; ``shared_update`` (one tensor per parameter,
-#: only when the parameters cover the whole backbone) replaces Σ_i w_i g_i, or is None.
-Weigh = Callable[[TaskGradients], tuple[Tensor, list[Tensor] | None]]
+@dataclass
+class Decision:
+    """What the strategy decided from one step's per-task gradients.
+
+    Attributes:
+        weights: [n], the coefficients of the shared update Σ_i w_i g_i (logged).
+        head_weights: [n] factors of the heads' gradients ∇L_i, or None to leave them.
+        update: the shared update, one tensor per parameter (only when the parameters cover the
+            whole backbone), replacing Σ_i w_i g_i; None for Σ_i w_i g_i.
+    """
+
+    weights: Tensor
+    head_weights: Tensor | None
+    update: list[Tensor] | None = None
+
+
+#: ``weigh(grads)`` → the strategy's :class:`Decision`.
+Weigh = Callable[[TaskGradients], Decision]
 
 
 def splits_at_last_shared(backbone: nn.Module) -> bool:
@@ -204,8 +220,7 @@ def stats_from_gramian(gram: Tensor) -> GradientStats:
 
 def weighted_backward(losses: Tensor, fwd: BranchedForward, params: list[nn.Parameter],
                       heads: list[list[nn.Parameter]], shared: list[nn.Parameter], weigh: Weigh,
-                      covers_shared: bool = False,
-                      scale_heads: bool = True) -> tuple[Tensor, TaskGradients]:
+                      covers_shared: bool = False) -> tuple[Tensor, TaskGradients]:
     """One backward of Σ_i w_i L_i with w chosen from this step's per-task gradients (module doc).
 
     Args:
@@ -216,16 +231,16 @@ def weighted_backward(losses: Tensor, fwd: BranchedForward, params: list[nn.Para
         weigh: the strategy's decision, called once inside the backward (see :data:`Weigh`).
         covers_shared: ``params`` are all the backbone parameters: their update is formed from
             the per-task gradients and the backward stops at z.
-        scale_heads: head i's gradient is multiplied by w_i (else it keeps ∇L_i).
     Returns:
-        the weights [n] and the per-task gradients the weights were chosen from. Afterwards
-        ``.grad`` of every parameter holds the gradient of Σ_i w_i L_i (or the strategy's update).
+        the shared weights [n] and the per-task gradients they were chosen from. Afterwards the
+        backbone's ``.grad`` holds Σ_i w_i ∇L_i (or the strategy's update) and head i's holds
+        h_i ∇L_i (the decision's head weights; ∇L_i if None).
     """
     at, aliases, layer_input = fwd.at, fwd.aliases, fwd.layer_input
     method = (linear_method(layer_input, len(aliases), at.shape[-1]) if layer_input is not None
               else "vjp")
     alias_grads: list[Tensor | None] = [None] * len(aliases)
-    found: list[tuple[Tensor, TaskGradients]] = []
+    found: list[tuple[Decision, TaskGradients]] = []
     visited: list[bool] = []  # z's hook runs again inside the batched VJP of parameter_gradients
 
     def keep(i: int) -> Callable[[Tensor], None]:
@@ -244,9 +259,10 @@ def weighted_backward(losses: Tensor, fwd: BranchedForward, params: list[nn.Para
             per_param = parameter_gradients(at, grad_at, params) if params else []
             gram = gramian(per_param or [grad_at])
         grads = TaskGradients(grad_at, per_param, stats_from_gramian(gram))
-        weights, update = weigh(grads)
+        decision = weigh(grads)
+        weights, update = decision.weights, decision.update
         assert update is None or covers_shared, "a shared update needs all backbone parameters"
-        found.append((weights, grads))
+        found.append((decision, grads))
         if per_param:  # these parameters' update is at hand: Σ_i w_i g_i (or the strategy's)
             for p, g in zip(params, update or combine(weights, per_param), strict=True):
                 p.grad = g
@@ -271,14 +287,13 @@ def weighted_backward(losses: Tensor, fwd: BranchedForward, params: list[nn.Para
     finally:
         for handle in handles:
             handle.remove()
-    weights, grads = found[0]
-    if not scale_heads:
-        return weights, grads
-    for task, w in zip(heads, weights.tolist(), strict=True):
-        for p in task:
-            if p.grad is not None:
-                p.grad.mul_(w)
-    return weights, grads
+    decision, grads = found[0]
+    if decision.head_weights is not None:
+        for task, h in zip(heads, decision.head_weights.tolist(), strict=True):
+            for p in task:
+                if p.grad is not None:
+                    p.grad.mul_(h)
+    return decision.weights, grads
 
 
 def weighted_sum(weights: Tensor, tensors: list[Tensor]) -> Tensor:

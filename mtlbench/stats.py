@@ -29,6 +29,32 @@ class GradientStats:
     gramian: Tensor
 
 
+@dataclass
+class PerTaskGradients:
+    """The per-task gradients of one step over all shared parameters, as a combiner receives them.
+
+    Attributes:
+        per_param: for each shared parameter p (model order), ∇_p L_i stacked, [n, *p.shape]
+            (read-only: the loop also logs their statistics).
+        stats: their norms [n] and Gramian [n, n] (see :class:`GradientStats`).
+    """
+
+    per_param: list[Tensor]
+    stats: GradientStats
+
+    def flat(self) -> Tensor:
+        """All shared gradients as one matrix [n, P] (the Jacobian; a copy unless there is one
+        parameter)."""
+        n = self.per_param[0].shape[0]
+        return torch.cat([g.reshape(n, -1) for g in self.per_param], dim=1)
+
+    def unflatten(self, update: Tensor) -> list[Tensor]:
+        """A flat update [P] split back into one tensor per shared parameter (views)."""
+        shapes = [g.shape[1:] for g in self.per_param]
+        sizes = [g[0].numel() for g in self.per_param]
+        return [part.view(shape) for part, shape in
+                zip(update.split(sizes), shapes, strict=True)]
+
 
 def wide(t: Tensor) -> torch.dtype:
     """The dtype statistics of ``t`` are computed in: float64, except on MPS (no float64 there:

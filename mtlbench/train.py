@@ -28,6 +28,7 @@ from mtlbench.data import MultiTaskData, Split, build_data
 from mtlbench.errors import ConfigError, MtlbenchError, TrainingDiverged
 from mtlbench.files import write_json_atomic
 from mtlbench.gradients import (
+    Decision,
     TaskGradients,
     Weigh,
     split_forward,
@@ -37,8 +38,8 @@ from mtlbench.gradients import (
 from mtlbench.instantiate import instantiate_group
 from mtlbench.models.multitask import MultiTaskModel, build_model
 from mtlbench.progress import Progress
-from mtlbench.stats import GradientStats, cosines, wide
-from mtlbench.strategies.base import SetupContext, Strategy
+from mtlbench.stats import GradientStats, PerTaskGradients, cosines, wide
+from mtlbench.strategies.base import Combiner, GradientWeighting, SetupContext, Strategy, parts
 from mtlbench.tasks import TaskSpec
 from mtlbench.tb import RunLogger, flatten_hparams
 from mtlbench.threads import apply_num_threads
@@ -109,15 +110,17 @@ def gradient_params(model: MultiTaskModel, source: str) -> list[torch.nn.Paramet
 
 def build_optimizer(cfg: DictConfig, model: MultiTaskModel,
                     strategy: Strategy) -> torch.optim.Optimizer:
-    """The ``optimizer`` group over the network, plus the strategy's learnable parameters as their
-    own parameter group (own learning rate if the strategy has one, no weight decay)."""
+    """The ``optimizer`` group over the network, plus the learnable parameters of the strategy (and
+    of its stacked loss weighting) as their own parameter group each (own learning rate if the
+    strategy has one, no weight decay)."""
     optimizer = instantiate_group("optimizer", cfg, params=model.parameters())
-    learned = strategy.parameters()
-    if learned:
-        group: dict[str, Any] = {"params": learned, "weight_decay": 0.0}
-        if strategy.lr is not None:
-            group["lr"] = strategy.lr
-        optimizer.add_param_group(group)
+    for part in parts(strategy):
+        learned = part.parameters()
+        if learned:
+            group: dict[str, Any] = {"params": learned, "weight_decay": 0.0}
+            if part.lr is not None:
+                group["lr"] = part.lr
+            optimizer.add_param_group(group)
     return optimizer
 
 
@@ -159,7 +162,14 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
     """
     optimizer.zero_grad(set_to_none=True)
     stats = None
-    if strategy.needs_gradients:
+    if strategy.kind == "loss":
+        losses = task_losses(tasks, model(x)[1], y)
+        weights = strategy.weights(losses.detach(), None).detach()
+        if strategy.parameters():  # learned weights: their gradient comes from the objective
+            strategy.objective(losses).backward()
+        else:
+            (weights.to(losses.dtype) * losses).sum().backward()
+    else:  # gramian or combiner: the per-task gradients are weighed inside the one backward
         names, source = [t.name for t in tasks], strategy.gradient_source
         fwd = split_forward(model.backbone, model.heads, x, names, at_last_shared=(
             source == "last_shared" and splits_at_last_shared(model.backbone)))
@@ -167,16 +177,11 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
         weights, grads = weighted_backward(
             losses, fwd, gradient_params(model, source),
             [model.head_parameters(name) for name in names], model.shared_parameters(),
-            strategy_weigh(strategy, losses.detach()), covers_shared=source == "shared",
-            scale_heads=strategy.scale_heads)
+            strategy_weigh(strategy, losses.detach()), covers_shared=source == "shared")
         weights, stats = weights.detach(), grads.stats
-    else:
-        losses = task_losses(tasks, model(x)[1], y)
-        weights = strategy.weights(losses.detach(), None).detach()
-        if strategy.parameters():  # learned weights: their gradient comes from the objective
-            strategy.objective(losses).backward()
-        else:
-            (weights.to(losses.dtype) * losses).sum().backward()
+        for part in parts(strategy)[1:]:  # a stacked loss weighting's learned parameters
+            if part.parameters():
+                part.objective(losses.detach()).backward()
     finite = all_finite([losses.detach(), weights, *(p.grad for group in optimizer.param_groups
                                                      for p in group["params"]
                                                      if p.grad is not None)])
@@ -198,12 +203,14 @@ def all_finite(tensors: list[Tensor]) -> bool:
 
 
 def strategy_weigh(strategy: Strategy, losses: Tensor) -> Weigh:
-    """The strategy's answer to this step's per-task gradients: its weights over their statistics,
-    or, for strategies that combine the gradients themselves, weights and shared update."""
-    def weigh(grads: TaskGradients) -> tuple[Tensor, list[Tensor] | None]:
-        if strategy.combines_gradients:
-            return strategy.combine_gradients(losses, grads.per_param)
-        return strategy.weights(losses, grads.stats), None
+    """The strategy's answer to this step's per-task gradients, by kind: a Gramian weighting's
+    weights over their statistics (``GradientWeighting.decide``), or a combiner's shared update."""
+    def weigh(grads: TaskGradients) -> Decision:
+        if isinstance(strategy, Combiner):
+            c = strategy.combine(losses, PerTaskGradients(grads.per_param, grads.stats))
+            return Decision(c.weights, c.head_weights, c.update)
+        assert isinstance(strategy, GradientWeighting)
+        return Decision(*strategy.decide(losses, grads.stats))
     return weigh
 
 
@@ -283,9 +290,11 @@ def run(cfg: DictConfig, run_dir: Path, strategy_name: str, *, interactive: bool
         strategy: Strategy = instantiate_group("strategy", cfg.strategy, _convert_="all")
         model = build_model(cfg.model, data.input_shape, data.tasks).to(device)
         check_report_metric(tcfg.report_metric, data.tasks)
-        strategy.setup(SetupContext(  # on resume, replaced by the checkpoint's strategy state
+        context = SetupContext(  # on resume, replaced by the checkpoint's strategy state
             tasks=data.tasks, train_targets=data.train.targets,
-            measure_losses=lambda k: measure_losses(model, data, k, tcfg.batch_size, cfg.seed)))
+            measure_losses=lambda k: measure_losses(model, data, k, tcfg.batch_size, cfg.seed))
+        for part in parts(strategy):
+            part.setup(context)
         optimizer = build_optimizer(cfg.optimizer, model, strategy)
         scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, tcfg.lr_decay_every, tcfg.lr_decay)
                      if tcfg.lr_decay_every > 0 else None)
@@ -347,10 +356,11 @@ class Loop:
                 idx = batch_indices(step, len(data.train), tcfg.batch_size, cfg.seed).to(device)
                 x, y = data.train.batch(idx)
                 result = train_step(self.model, tasks, x, y, self.strategy, self.optimizer)
-                if result.finite:
-                    self.strategy.after_step(result.losses)
-                if (step + 1) % per_epoch == 0:
-                    self.strategy.end_of_epoch(step // per_epoch)
+                for part in parts(self.strategy):
+                    if result.finite:
+                        part.after_step(result.losses)
+                    if (step + 1) % per_epoch == 0:
+                        part.end_of_epoch(step // per_epoch)
                 if not result.finite:
                     skipped += 1
                     self.check_divergence(step, names, result, skipped, max_skipped)

@@ -8,6 +8,7 @@ from torch import nn
 from torch.testing import assert_close
 
 from mtlbench.gradients import (
+    Decision,
     gramian,
     linear_gramian,
     linear_method,
@@ -83,7 +84,7 @@ def run_weighted(model, x, y, source: str, weights: torch.Tensor, split_at_last:
 
     def weigh(grads):
         seen.append(grads)
-        return weights, None
+        return Decision(weights, weights)
 
     model.zero_grad(set_to_none=True)
     got, grads = weighted_backward(

@@ -109,7 +109,7 @@ def case(keep: tuple[str, ...] = PAIR, seed: int = 1, depth: int = 1) -> Case:
 
 def make(name: str, c: Case | None = None, **overrides: Any) -> Strategy:
     """``strategy=<name>`` from its YAML with ``overrides``, set up on the case's tasks."""
-    node = OmegaConf.merge(OmegaConf.load(STRATEGIES / f"{name}.yaml"), overrides)
+    node = OmegaConf.merge(compose_config([f"strategy={name}"]).strategy, overrides)
     strategy = instantiate_group("strategy", OmegaConf.to_container(node), _convert_="all")
     if c is not None:
         strategy.setup(SetupContext(tasks=c.tasks, train_targets=c.targets))
@@ -325,6 +325,31 @@ def test_imtl_g_first_step() -> None:
     u = grads.g / grads.g.norm(dim=1, keepdim=True)
     close(u @ shared, (u[0] @ shared).expand(3))  # equal projections on the unit gradients
     assert_heads(head_grads, grads, [1.0, 1.0, 1.0])  # LibMTL: ∇(e^0 L_i − 0) = ∇L_i
+
+
+def test_imtl_two_steps() -> None:
+    """``strategy=imtl`` (IMTL-G over IMTL-L's scaled losses) against LibMTL's IMTL: α from the
+    gradients of e^{s_i} L_i − s_i, shared update Σ α_i ∇(e^{s_i} L_i), heads ∇(e^{s_i} L_i), and
+    s trained on Σ e^{s_i} L_i − s_i (one Adam step between the two steps)."""
+    c = case(keep=("cls_k2", "cls_k10", "reg_x1"), seed=1)
+    strategy = make("imtl", c, loss_weighting={"lr": 0.05})
+    strategy.loss_weighting.setup(SetupContext(tasks=c.tasks, train_targets=c.targets))
+    network = OmegaConf.create({"_target_": "torch.optim.Adam", "lr": 0.0})
+    optimizer = build_optimizer(network, c.model, strategy)
+    assert optimizer.param_groups[-1]["lr"] == 0.05
+    s = torch.zeros(3, dtype=F64)
+    for t in (1, 2):  # the model does not move (lr 0); s takes one Adam step after step 1
+        grads = per_task(c)
+        scale = s.exp()  # ∇(e^{s_i} L_i − s_i) = e^{s_i} ∇L_i
+        alpha = imtl_alpha(scale[:, None] * grads.g)
+        w, shared, head_grads = step(c, strategy, optimizer)
+        close(w, alpha * scale, 1e-6)  # logged: the coefficients of the shared update on ∇L_i
+        close(shared, alpha @ (scale[:, None] * grads.g), 1e-6)
+        assert_heads(head_grads, grads, scale, 1e-6)
+        if t == 1:
+            s = s + adam_first_step(grads.losses * s.exp() - 1.0, 0.05)  # ∂/∂s_i
+            close(strategy.loss_weighting.parameters()[0].double(), s, 1e-6)
+    assert (s != 0).all()
 
 
 @pytest.mark.parametrize("sigma", [0.5, 0.0])

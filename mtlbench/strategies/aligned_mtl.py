@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mtlbench.strategies.base import check_choice
+from mtlbench.strategies.base import Strategy, check_choice
 from mtlbench.strategies.gramian_weighting import GramianWeighting
 
 SCALE_MODES = ("min", "median", "rmse")
@@ -38,10 +38,12 @@ class AlignedMTL(GramianWeighting):
     nonnegative_weights = False
 
     def __init__(self, *, params: str = "shared", normalize: bool = False,
-                 heads: str = "weighted",
+                 heads: str = "weighted", cr_mogm: float = 0.0,
+                 loss_weighting: Strategy | None = None,
                  scale_mode: str = "min") -> None:
         self.scale_mode = check_choice("scale_mode", scale_mode, SCALE_MODES)
-        super().__init__(params=params, normalize=normalize, heads=heads)
+        super().__init__(params=params, normalize=normalize, heads=heads, cr_mogm=cr_mogm,
+                         loss_weighting=loss_weighting)
 
     def build(self) -> Any:
         from torchjd.aggregation import AlignedMTLWeighting

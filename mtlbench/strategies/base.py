@@ -1,11 +1,21 @@
-"""The strategy protocol: given the task losses (and, when declared, task-gradient statistics),
-return the effective weight w_i = ∂L/∂L_i of every task. The training loop then applies the update
-of Σ w_i L_i.
+"""The strategy protocol: three kinds, one class each; the loop dispatches once, by kind.
 
-Strategies are pure torch: they never call ``backward()`` and never touch the model. A strategy that
-needs gradient statistics sets ``needs_gradients = True`` and ``gradient_source`` (``shared``,
-``last_shared`` or ``representation``); the loop computes :class:`GradientStats` once and passes it
-in.
+* :class:`Strategy` (loss side): weights w_i = ∂L/∂L_i from the task losses alone (and learned
+  parameters); the loop back-propagates Σ w_i L_i (or :meth:`Strategy.objective` when the strategy
+  has learned parameters).
+* :class:`GradientWeighting` (Gramian side): weights from :class:`GradientStats` (norms, Gramian) of
+  the per-task gradients over a declared ``gradient_source`` (``shared``, ``last_shared``,
+  ``representation``); the loop computes them in the one backward and applies Σ_i w_i g_i. A
+  loss-side strategy can be stacked under it (``loss_weighting``).
+* :class:`Combiner`: updates that are not Σ_i w_i g_i for one w (DB-MTL's moving average of gradient
+  vectors, GradDrop's sign masks); it receives the per-task gradients of all shared parameters
+  with their statistics (:class:`PerTaskGradients`) and returns the shared update.
+
+Every kind has a ``heads`` policy the loop reads (``weighted``: head i receives w_i ∇L_i;
+``unweighted``: its own ∇L_i, as LibMTL and torchjd's ``mtl_backward`` train task-specific
+parameters; loss-side strategies are always ``weighted``), and the logged ``train/weight/<task>``
+is always the coefficient of the shared update. Strategies are pure torch: they never call
+``backward()`` and never touch the model.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from mtlbench.errors import ConfigError
 from mtlbench.stats import (  # noqa: F401 - re-exported: strategies import them from here
     FLOAT32_SAFE_SQUARED_NORMS,
     GradientStats,
+    PerTaskGradients,
     float32_is_safe,
     wide,
 )
@@ -34,6 +45,7 @@ from mtlbench.tasks import TaskSpec
 LOSS_FLOOR = 1e-12
 
 GRADIENT_SOURCES = ("shared", "last_shared", "representation")
+HEADS = ("weighted", "unweighted")
 
 
 @dataclass
@@ -53,10 +65,11 @@ class SetupContext:
 
 
 class Strategy:
-    """Base class. Subclasses implement :meth:`weights`; loss-side ones also :meth:`objective`."""
+    """Loss side: :meth:`weights` from the losses; :meth:`objective` where it has learned
+    parameters. Base of the other two kinds, which share its claims, hooks and state."""
 
-    needs_gradients: bool = False
-    gradient_source: str = "shared"
+    #: The kind the loop dispatches on: ``loss``, ``gramian`` or ``combiner``.
+    kind: str = "loss"
     #: Claims checked by ``tests/strategies/test_properties.py`` for every ``conf/strategy/*.yaml``.
     #: ``scale_invariant``: multiplying one task's loss by λ > 0 (``data.tasks.<t>.loss_scale``)
     #: leaves the whole update's direction (heads and shared) unchanged, i.e. w_k(λ) · λ = c · w_k
@@ -66,22 +79,14 @@ class Strategy:
     #: ``__init__`` when the claim depends on a hyperparameter (generalized mean: γ = 0 / γ = 1).
     scale_invariant: bool = False
     shift_invariant: bool = False
-    #: False for strategies that draw random numbers (PCGrad's projection order): they opt out of
-    #: the exact permutation check (they draw from torch's global RNG, saved in checkpoints).
+    #: False for strategies that draw random numbers (PCGrad's projection order, RLW): they opt out
+    #: of the exact permutation check (they draw from torch's global RNG, which the loop seeds and
+    #: saves in checkpoints, so a resumed run stays exact).
     deterministic: bool = True
     #: False for methods whose weights may be negative by design (IMTL-G, Aligned-MTL).
     nonnegative_weights: bool = True
-    #: Gradient-side strategies: True (head i receives w_i ∇L_i, the gradient of Σ w_i L_i, with
-    #: the weights that :meth:`weights` / :meth:`combine_gradients` return) or False (head i keeps
-    #: its own ∇L_i, as LibMTL and torchjd's ``mtl_backward`` train task-specific parameters); the
-    #: loop reads it. Loss-side strategies always scale the heads.
-    scale_heads: bool = True
-
-    #: Optional extension for gradient-side strategies whose shared update is not Σ_i w_i g_i (e.g.
-    #: DB-MTL's moving average of gradient *vectors*, which no per-step weights can express). When
-    #: true (only allowed with ``gradient_source = "shared"``), the loop calls
-    #: :meth:`combine_gradients` instead of :meth:`weights`. Loss-side strategies never set it.
-    combines_gradients: bool = False
+    #: ``weighted`` or ``unweighted`` (see the module docstring); loss-side strategies: weighted.
+    heads: str = "weighted"
 
     #: Learning rate of :meth:`parameters` (None: the network optimizer's).
     lr: float | None = None
@@ -106,21 +111,6 @@ class Strategy:
         place). :meth:`weights` still gives ∂L/∂L_i, which is logged. Default: none."""
         return []
 
-    def combine_gradients(self, losses: Tensor,
-                          per_task: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        """The shared update from the per-task gradients themselves (see ``combines_gradients``).
-
-        Args:
-            losses: this step's task losses [n] (detached).
-            per_task: for each shared parameter p (model order), ∇_p L_i stacked, [n, *p.shape]
-                (read-only: the loop also logs their statistics).
-        Returns:
-            ``(weights, update)``: ``weights`` [n] for the heads (head i receives w_i ∇L_i; they
-            are also the logged weights) and ``update``, one tensor of shape p.shape per shared
-            parameter, written to p.grad before the optimizer step.
-        """
-        raise NotImplementedError
-
     def weights(self, losses: Tensor, grads: GradientStats | None = None) -> Tensor:
         """Effective weights w_i = ∂L/∂L_i, shape [n], for ``losses`` [n] (detached)."""
         raise NotImplementedError
@@ -136,6 +126,116 @@ class Strategy:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Inverse of :meth:`state_dict`."""
+
+
+class GradientWeighting(Strategy):
+    """Gramian side: weights w [n] from the per-task gradients' statistics over
+    ``gradient_source``; the loop applies Σ_i w_i g_i to the shared parameters.
+
+    Subclasses implement :meth:`weights` (``grads`` is then always given) and may override
+    :meth:`head_weights`. ``loss_weighting`` (a loss-side strategy, or None) is stacked under the
+    method: with a = loss_weighting.weights(L) the method sees the gradients of a_i L_i (Gramian
+    A G A, A = diag(a)) and losses a_i L_i, and the weights on the original losses are w_i a_i;
+    heads receive w_i a_i ∇L_i (``weighted``) or a_i ∇L_i (``unweighted``); the loop also trains,
+    checkpoints and calls the hooks of the stacked strategy. See :meth:`decide`.
+    """
+
+    kind = "gramian"
+    gradient_source: str = "shared"
+    loss_weighting: Strategy | None = None
+
+    def weights(self, losses: Tensor, grads: GradientStats | None = None) -> Tensor:
+        """w [n] from ``grads`` (norms [n], Gramian [n, n]); ``losses`` [n] detached."""
+        raise NotImplementedError
+
+    def head_weights(self, losses: Tensor, weights: Tensor) -> Tensor | None:
+        """Factor of head i's gradient ∇L_i [n], or None to leave the heads' gradients as they
+        are: ``weights`` for ``weighted`` heads, None for ``unweighted``."""
+        return weights if self.heads == "weighted" else None
+
+    def decide(self, losses: Tensor, grads: GradientStats) -> tuple[Tensor, Tensor | None]:
+        """``(shared weights [n], head weights [n] or None)`` for this step, with the stacked
+        loss weighting if any (see the class docstring)."""
+        if self.loss_weighting is None:
+            w = self.weights(losses, grads)
+            return w, self.head_weights(losses, w)
+        a = self.loss_weighting.weights(losses).detach()
+        a_wide = a.to(grads.gramian.dtype).to(grads.gramian.device)
+        scaled = GradientStats(norms=grads.norms * a_wide.abs(),
+                               gramian=a_wide[:, None] * grads.gramian * a_wide[None, :])
+        w = self.weights(losses * a, scaled).to(a.dtype)
+        head = self.head_weights(losses * a, w)
+        return w * a, (a if head is None else head * a)
+
+    def parts(self) -> list[Strategy]:
+        """This strategy and the stacked loss weighting, if any (the loop sets up, trains,
+        checkpoints and calls the hooks of each)."""
+        return [self] if self.loss_weighting is None else [self, self.loss_weighting]
+
+
+@dataclass
+class Combined:
+    """A combiner's decision for one step.
+
+    Attributes:
+        update: the shared update, one tensor of shape p.shape per shared parameter (model order),
+            written to p.grad before the optimizer step.
+        weights: [n], what the method reports as its per-task coefficients (logged as
+            ``train/weight/<task>``).
+        head_weights: [n] factors of the heads' gradients ∇L_i, or None to leave them as they are.
+    """
+
+    update: list[Tensor]
+    weights: Tensor
+    head_weights: Tensor | None
+
+
+class Combiner(Strategy):
+    """Combiner: the shared update from the per-task gradients of all shared parameters
+    (``gradient_source`` is always ``shared``). Subclasses implement :meth:`combine`."""
+
+    kind = "combiner"
+    gradient_source = "shared"
+
+    def combine(self, losses: Tensor, grads: PerTaskGradients) -> Combined:
+        """This step's update from ``losses`` [n] (detached) and ``grads`` (per parameter
+        [n, *p.shape], their norms and Gramian; read-only)."""
+        raise NotImplementedError
+
+    def weights(self, losses: Tensor, grads: GradientStats | None = None) -> Tensor:
+        raise TypeError(f"{type(self).__name__} is a combiner: call combine()")
+
+
+def check_heads(value: Any) -> str:
+    """Validate a ``heads`` policy (``weighted`` or ``unweighted``)."""
+    return check_choice("heads", value, HEADS)
+
+
+def stacked(loss_weighting: Strategy | None, method: GradientWeighting) -> Strategy | None:
+    """Validate ``loss_weighting`` (a loss-side strategy or None) for ``method``, and combine the
+    claims: the stack claims an invariance or determinism only where both parts do."""
+    if loss_weighting is None:
+        return None
+    if isinstance(loss_weighting, str):
+        raise ConfigError(
+            "Parameter `loss_weighting` takes a strategy config, not a name: write "
+            f"`+strategy@strategy.loss_weighting={loss_weighting}` (a loss-side strategy, e.g. uw, "
+            f"imtl_l, dwa, rlw). Found `loss_weighting = {loss_weighting}`."
+        )
+    if getattr(loss_weighting, "kind", None) != "loss":
+        raise ConfigError(
+            "Parameter `loss_weighting` must be a loss-side strategy (e.g. uw, imtl_l, dwa, rlw). "
+            f"Found `loss_weighting = {type(loss_weighting).__name__}` ({loss_weighting.kind})."
+        )
+    for claim in ("scale_invariant", "shift_invariant", "deterministic", "nonnegative_weights"):
+        setattr(method, claim, getattr(method, claim) and getattr(loss_weighting, claim))
+    return loss_weighting
+
+
+def parts(strategy: Strategy) -> list[Strategy]:
+    """The strategies the loop sets up, trains, checkpoints and calls hooks on: the strategy and,
+    for a Gramian weighting, its stacked loss weighting."""
+    return strategy.parts() if isinstance(strategy, GradientWeighting) else [strategy]
 
 
 class LearnedPerTask(Strategy):

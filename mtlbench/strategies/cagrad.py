@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from mtlbench.errors import ConfigError
-from mtlbench.strategies.base import check_positive
+from mtlbench.strategies.base import Strategy, check_positive
 from mtlbench.strategies.gramian_weighting import GramianWeighting
 
 #: torchjd's threshold on ||g_w*|| relative to sqrt(tr G) (see the module docstring).
@@ -51,7 +51,8 @@ class CAGrad(GramianWeighting):
     solver = "cvxpy"
 
     def __init__(self, *, params: str = "shared", normalize: bool = False,
-                 heads: str = "weighted", c: float = 0.5,
+                 heads: str = "weighted", cr_mogm: float = 0.0,
+                 loss_weighting: Strategy | None = None, c: float = 0.5,
                  rescale: int = 1) -> None:
         self.c = check_positive("c", c, allow_zero=True)
         if isinstance(rescale, bool) or rescale not in (0, 1, 2):
@@ -60,7 +61,8 @@ class CAGrad(GramianWeighting):
             )
         self.rescale = int(rescale)
         self.divisor = (1.0, 1.0 + self.c ** 2, 1.0 + self.c)[self.rescale]
-        super().__init__(params=params, normalize=normalize, heads=heads)
+        super().__init__(params=params, normalize=normalize, heads=heads, cr_mogm=cr_mogm,
+                         loss_weighting=loss_weighting)
 
     def build(self) -> Any:
         from torchjd.aggregation import CAGradWeighting

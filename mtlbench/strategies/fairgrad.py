@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mtlbench.strategies.base import check_positive
+from mtlbench.strategies.base import Strategy, check_positive
 from mtlbench.strategies.gramian_weighting import GramianWeighting
 
 
@@ -47,13 +47,15 @@ class FairGrad(GramianWeighting):
     solver = "scipy"
 
     def __init__(self, *, params: str = "shared", normalize: bool = False,
-                 heads: str = "weighted",
+                 heads: str = "weighted", cr_mogm: float = 0.0,
+                 loss_weighting: Strategy | None = None,
                  alpha: float = 1.0) -> None:
         self.alpha = check_positive("alpha", alpha, allow_zero=True)
         self.degree = -self.alpha / (1.0 + self.alpha)
         self.via_cosines = self.alpha == 1.0
-        super().__init__(params=params, normalize=normalize, heads=heads)
-        self.scale_invariant = self.scale_heads and (self.via_cosines or self.normalize)
+        self.scale_invariant = heads == "weighted" and (self.via_cosines or normalize is True)
+        super().__init__(params=params, normalize=normalize, heads=heads, cr_mogm=cr_mogm,
+                         loss_weighting=loss_weighting)
 
     def build(self) -> Any:
         from torchjd.aggregation import FairGradWeighting

@@ -48,8 +48,8 @@ from mtlbench.errors import ConfigError
 from mtlbench.strategies.base import (
     GRADIENT_SOURCES,
     GradientStats,
+    GradientWeighting,
     SetupContext,
-    Strategy,
     check_choice,
     check_real,
     floored,
@@ -60,10 +60,8 @@ from mtlbench.strategies.base import (
 WEIGHT_FLOOR = 1e-6
 
 
-class GradNorm(Strategy):
+class GradNorm(GradientWeighting):
     """Learned weights that balance the tasks' weighted gradient norms at the last shared layer."""
-
-    needs_gradients = True
 
     def __init__(self, *, alpha: float = 1.5, weight_lr: float = 0.025,
                  weight_optimizer: str = "adam", params: str = "last_shared",

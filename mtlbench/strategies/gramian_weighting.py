@@ -37,6 +37,14 @@ of magnitude.
 and torchjd's ``mtl_backward`` train the task-specific parameters); each method's YAML picks its
 authors' convention. Scale invariance of the whole update needs ``weighted`` heads.
 
+``cr_mogm`` (α in [0, 1), default 0: off): the CR-MOGM wrapper of Zhou et al. (NeurIPS 2022, "On
+the Convergence of Stochastic Multi-Objective Gradient Manipulation and Beyond",
+https://arxiv.org/abs/2210.01346), a moving average of the method's weights,
+λ_t = α λ_{t−1} + (1 − α) λ̂_t (λ_0 = λ̂_1), which they prove makes stochastic MOGM methods converge;
+λ is the method's own weight vector (on the unit gradients with ``normalize``), kept in checkpoints.
+
+``loss_weighting``: a loss-side strategy stacked under the method (``base.GradientWeighting``).
+
 ``deterministic``: false for methods that draw random numbers (PCGrad's projection order); those
 opt out of exact equivariance checks (two calls on the same Gramian may differ).
 
@@ -55,14 +63,17 @@ from mtlbench.errors import ConfigError
 from mtlbench.strategies.base import (
     GRADIENT_SOURCES,
     GradientStats,
+    GradientWeighting,
     Strategy,
     check_bool,
     check_choice,
+    check_heads,
+    check_real,
     finite_weights,
+    stacked,
 )
 
 F64 = torch.float64
-HEADS = ("weighted", "unweighted")
 INSTALL = "pip install 'mtlbench[solvers]'"
 
 
@@ -77,7 +88,7 @@ def cosine_matrix(gramian: Tensor) -> tuple[Tensor, Tensor]:
     return cos, inv
 
 
-class GramianWeighting(Strategy):
+class GramianWeighting(GradientWeighting):
     """Base class: w = f(G) by a torchjd weighting (see the module docstring).
 
     Subclasses set ``name`` and ``solver`` (the package named when torchjd cannot import its
@@ -85,7 +96,6 @@ class GramianWeighting(Strategy):
     implement :meth:`build`; they may override :meth:`solve` (w from a float64 CPU Gramian).
     """
 
-    needs_gradients = True
     shift_invariant = True  # the losses are never read
     #: Homogeneity degree p of the weighting: w(s G) = s^p w(G) for s > 0.
     degree: float = 0.0
@@ -97,13 +107,20 @@ class GramianWeighting(Strategy):
     solver: str = ""
 
     def __init__(self, *, params: str = "shared", normalize: bool = False,
-                 heads: str = "weighted") -> None:
+                 heads: str = "weighted", cr_mogm: float = 0.0,
+                 loss_weighting: Strategy | None = None) -> None:
         self.gradient_source = check_choice("params", params, GRADIENT_SOURCES)
         self.normalize = check_bool("normalize", normalize)
-        self.heads = check_choice("heads", heads, HEADS)
-        self.scale_heads = self.heads == "weighted"
+        self.heads = check_heads(heads)
+        self.cr_mogm = check_real("cr_mogm", cr_mogm)
+        if not 0.0 <= self.cr_mogm < 1.0:
+            raise ConfigError(
+                f"Parameter `cr_mogm` must be in [0, 1). Found `cr_mogm = {cr_mogm}`."
+            )
+        self.previous: Tensor | None = None  # CR-MOGM's λ_{t-1}
         if self.normalize:  # the whole update keeps its direction only if the heads scale too
             self.scale_invariant = self.heads == "weighted"
+        self.loss_weighting = stacked(loss_weighting, self)
         try:
             self.weighting = self.build()
         except ImportError:
@@ -126,11 +143,27 @@ class GramianWeighting(Strategy):
 
     def gramian_weights(self, gramian: Tensor) -> Tensor:
         """Weights on the original gradients [n] (float64) from the float64 CPU Gramian [n, n]:
-        f(G), or f(C) / ||g_i|| with ``normalize`` or ``via_cosines``."""
+        f(G), or f(C) / ||g_i|| with ``normalize`` or ``via_cosines`` (f smoothed by
+        ``cr_mogm``)."""
         if not (self.normalize or self.via_cosines):
-            return self.solve(gramian)
+            return self.smoothed(self.solve(gramian))
         cos, inv = cosine_matrix(gramian)
-        return self.solve(cos) * torch.where(inv > 0, inv, torch.ones_like(inv))
+        return self.smoothed(self.solve(cos)) * torch.where(inv > 0, inv, torch.ones_like(inv))
+
+    def smoothed(self, w: Tensor) -> Tensor:
+        """CR-MOGM: α λ_{t−1} + (1 − α) λ̂_t (λ̂_t = ``w`` [n]), remembered; ``w`` if α = 0."""
+        if self.cr_mogm == 0.0:
+            return w
+        if self.previous is not None and self.previous.shape == w.shape:
+            w = self.cr_mogm * self.previous.to(w) + (1.0 - self.cr_mogm) * w
+        self.previous = w.clone()
+        return w
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.previous is None else {"cr_mogm_previous": self.previous}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.previous = state.get("cr_mogm_previous")
 
     def weights(self, losses: Tensor, grads: GradientStats | None = None) -> Tensor:
         """w [n] in the losses' dtype and device from ``grads.gramian`` [n, n] (any float dtype
@@ -140,3 +173,4 @@ class GramianWeighting(Strategy):
         gramian = 0.5 * (gramian + gramian.T)  # exactly symmetric for the solvers
         w = self.gramian_weights(gramian)
         return finite_weights(w, losses).to(losses.device)
+

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mtlbench.strategies.base import check_int, check_positive
+from mtlbench.strategies.base import Strategy, check_int, check_positive
 from mtlbench.strategies.gramian_weighting import GramianWeighting
 
 
@@ -34,11 +34,13 @@ class MGDA(GramianWeighting):
     name = "mgda"
 
     def __init__(self, *, params: str = "shared", normalize: bool = False,
-                 heads: str = "weighted",
+                 heads: str = "weighted", cr_mogm: float = 0.0,
+                 loss_weighting: Strategy | None = None,
                  epsilon: float = 1e-3, max_iters: int = 100) -> None:
         self.epsilon = check_positive("epsilon", epsilon)
         self.max_iters = check_int("max_iters", max_iters, minimum=1)
-        super().__init__(params=params, normalize=normalize, heads=heads)
+        super().__init__(params=params, normalize=normalize, heads=heads, cr_mogm=cr_mogm,
+                         loss_weighting=loss_weighting)
 
     def build(self) -> Any:
         from torchjd.aggregation import MGDAWeighting

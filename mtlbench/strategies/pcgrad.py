@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mtlbench.strategies.base import Strategy
 from mtlbench.strategies.gramian_weighting import GramianWeighting
 
 
@@ -38,8 +39,10 @@ class PCGrad(GramianWeighting):
     deterministic = False
 
     def __init__(self, *, params: str = "shared", normalize: bool = False,
-                 heads: str = "weighted") -> None:
-        super().__init__(params=params, normalize=normalize, heads=heads)
+                 heads: str = "weighted", cr_mogm: float = 0.0,
+                 loss_weighting: Strategy | None = None) -> None:
+        super().__init__(params=params, normalize=normalize, heads=heads, cr_mogm=cr_mogm,
+                         loss_weighting=loss_weighting)
 
     def build(self) -> Any:
         from torchjd.aggregation import PCGradWeighting

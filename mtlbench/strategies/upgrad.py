@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mtlbench.strategies.base import check_positive
+from mtlbench.strategies.base import Strategy, check_positive
 from mtlbench.strategies.gramian_weighting import GramianWeighting
 
 
@@ -35,10 +35,12 @@ class UPGrad(GramianWeighting):
     solver = "quadprog"
 
     def __init__(self, *, params: str = "shared", normalize: bool = False,
-                 heads: str = "weighted",
+                 heads: str = "weighted", cr_mogm: float = 0.0,
+                 loss_weighting: Strategy | None = None,
                  reg_eps: float = 1e-4) -> None:
         self.reg_eps = check_positive("reg_eps", reg_eps)
-        super().__init__(params=params, normalize=normalize, heads=heads)
+        super().__init__(params=params, normalize=normalize, heads=heads, cr_mogm=cr_mogm,
+                         loss_weighting=loss_weighting)
 
     def build(self) -> Any:
         from torchjd.aggregation import UPGradWeighting

@@ -3,8 +3,9 @@
 and loaded into a fresh instance continues with exactly the same weights (what resume relies on).
 
 Each step: seeded losses and gradients drift (losses shrink at task-specific rates), the strategy
-weighs them (``combine_gradients`` for combiners), ``after_step`` reports them, an epoch ends every
-3 steps, and learned strategy parameters take one Adam step on the objective.
+weighs them (by kind: ``weights``, ``decide``, or ``combine`` for combiners), ``after_step``
+reports them, an epoch ends every 3 steps, and learned strategy parameters take one Adam step on
+the objective.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ import pytest
 import torch
 from test_properties import NAMES, World, make_strategy, make_world
 
-from mtlbench.stats import GradientStats
-from mtlbench.strategies.base import Strategy
+from mtlbench.stats import GradientStats, PerTaskGradients
+from mtlbench.strategies.base import Strategy, parts
 
 STEPS, SPLIT = 8, 4
 
 
 def drive(strategy: Strategy, world: World, steps: range) -> list[torch.Tensor]:
-    """Weights of each step in ``steps`` (the loop's calls, in the loop's order)."""
-    params = strategy.parameters()
+    """Weights of each step in ``steps`` (the loop's calls, in the loop's order; a stacked loss
+    weighting is trained, told of steps and epochs, and checkpointed like the strategy)."""
+    learned = [part for part in parts(strategy) if part.parameters()]
+    params = [q for part in learned for q in part.parameters()]
     opt = torch.optim.Adam(params, lr=0.05) if params else None
     if opt is not None and getattr(strategy, "_test_opt_state", None):
         opt.load_state_dict(strategy._test_opt_state)
@@ -32,23 +35,33 @@ def drive(strategy: Strategy, world: World, steps: range) -> list[torch.Tensor]:
         decay = torch.linspace(0.7, 0.97, world.n, dtype=torch.float64) ** t
         losses = world.losses() * decay
         a = world.scales()[:, None] * world.raw_grads * decay[:, None].sqrt()
-        if strategy.combines_gradients:
-            w, _ = strategy.combine_gradients(losses, [a[:, :2].clone(), a[:, 2:].clone()])
+        gram = a @ a.T
+        stats = GradientStats(gram.diagonal().sqrt(), gram)
+        if strategy.kind == "combiner":
+            w = strategy.combine(losses, PerTaskGradients([a[:, :2].clone(), a[:, 2:].clone()],
+                                                          stats)).weights
+        elif strategy.kind == "gramian":
+            w = strategy.decide(losses, stats)[0]
         else:
-            gram = a @ a.T
-            stats = GradientStats(gram.diagonal().sqrt(), gram)
-            w = strategy.weights(losses, stats if strategy.needs_gradients else None)
+            w = strategy.weights(losses, None)
         if opt is not None:
             opt.zero_grad()
-            strategy.objective(losses.float() if params[0].dtype == torch.float32 else losses
+            for part in learned:
+                part.objective(losses.float() if params[0].dtype == torch.float32 else losses
                                ).backward()
             opt.step()
             strategy._test_opt_state = opt.state_dict()
-        strategy.after_step(losses)
-        if (t + 1) % 3 == 0:
-            strategy.end_of_epoch(t // 3)
+        for part in parts(strategy):
+            part.after_step(losses)
+            if (t + 1) % 3 == 0:
+                part.end_of_epoch(t // 3)
         out.append(w.detach().clone())
     return out
+
+
+def setup(strategy: Strategy, world: World) -> None:
+    for part in parts(strategy):
+        part.setup(world.context())
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -56,19 +69,20 @@ def test_weights_stay_valid_and_state_resumes_exactly(name: str) -> None:
     world = make_world(3, seed=11, lo=-3.0, hi=3.0)
     strategy = make_strategy(name, {})
     try:
-        strategy.setup(world.context())
+        setup(strategy, world)
     except Exception as error:  # noqa: BLE001 - e.g. single_task refuses three tasks
         pytest.skip(f"{name} refuses this task set: {error}")
     torch.manual_seed(3)
     first = drive(strategy, world, range(SPLIT))
-    state = copy.deepcopy(strategy.state_dict())
+    state = copy.deepcopy([part.state_dict() for part in parts(strategy)])
     opt_state = copy.deepcopy(getattr(strategy, "_test_opt_state", None))
     rng = torch.get_rng_state()
     rest = drive(strategy, world, range(SPLIT, STEPS))
 
     resumed = make_strategy(name, {})
-    resumed.setup(world.context())
-    resumed.load_state_dict(copy.deepcopy(state))
+    setup(resumed, world)
+    for part, part_state in zip(parts(resumed), copy.deepcopy(state), strict=True):
+        part.load_state_dict(part_state)
     resumed._test_opt_state = opt_state
     torch.set_rng_state(rng)
     again = drive(resumed, world, range(SPLIT, STEPS))

@@ -16,8 +16,11 @@ derived initial loss, its prior loss, and (for λ) its gradient row. The checks:
   and in float32 (losses, gradients, weights) with the float64 statistics the loop computes;
 * for the loss-side strategies, that the claims are not vacuous: a non-claimed invariance fails.
 
-Gradient-side strategies get ``GradientStats`` of the seeded gradients; one that sets
-``combines_gradients`` is checked through ``combine_gradients`` (head weights and shared update).
+Each kind is driven as the loop drives it: loss-side strategies through ``weights``, Gramian
+weightings through ``decide`` (``GradientStats`` of the seeded gradients; their stacked loss
+weighting included), combiners through ``combine`` (the per-task gradients themselves). The
+invariance checks cover the whole update: the shared part and the heads' factors (``heads``
+policy: a head left unweighted keeps its own ∇L_i).
 
 A strategy whose ``setup`` refuses a task set (e.g. ``single_task`` with n > 1) is skipped for it.
 """
@@ -40,7 +43,8 @@ from torch import Tensor
 from torch.testing import assert_close
 
 from mtlbench.errors import ConfigError
-from mtlbench.strategies.base import GradientStats, SetupContext, Strategy
+from mtlbench.stats import PerTaskGradients
+from mtlbench.strategies.base import GradientStats, SetupContext, Strategy, parts
 from mtlbench.tasks import TaskSpec
 
 F64 = torch.float64
@@ -177,8 +181,9 @@ def make_world(n: int, seed: int, lo: float = -12.0, hi: float = 8.0,
 class Step:
     """What the loop applies: head i gets w_i ∇L_i; the shared parameters get ``update``."""
 
-    weights: Tensor  # [n]
+    weights: Tensor  # [n], the logged coefficients of the shared update
     update: list[Tensor]  # one tensor per (fake) shared parameter
+    heads: Tensor  # [n], the factor of head i's gradient ∇L_i
     nonnegative: bool = True  # the strategy's ``nonnegative_weights`` claim
 
 
@@ -191,22 +196,27 @@ def step_in(world: World, name: str, overrides: dict[str, Any], dtype: torch.dty
     strategy = make_strategy(name, overrides)
     torch.manual_seed(20261129)  # random strategies (PCGrad) draw the same numbers in every call
     try:
-        strategy.setup(world.context())
+        for part in parts(strategy):
+            part.setup(world.context())
     except ConfigError as error:
         pytest.skip(f"{name} refuses this task set: {error}")
     a = (world.scales()[:, None] * world.raw_grads).to(dtype)
     per_task = [a[:, :2], a[:, 2:]]
     losses = world.losses().to(dtype)
-    if getattr(strategy, "combines_gradients", False):
-        w, update = strategy.combine_gradients(losses, [g.clone() for g in per_task])
-        return Step(w, list(update))
-    stats = world.grads() if strategy.needs_gradients else None
-    if stats is not None:
-        stats = GradientStats(stats.norms.to(stats_dtype or dtype),
-                              stats.gramian.to(stats_dtype or dtype))
-    w = strategy.weights(losses, stats)
+    stats = world.grads()
+    stats = GradientStats(stats.norms.to(stats_dtype or dtype),
+                          stats.gramian.to(stats_dtype or dtype))
+    ones = torch.ones_like(losses)
+    if strategy.kind == "combiner":
+        out = strategy.combine(losses, PerTaskGradients([g.clone() for g in per_task], stats))
+        heads = ones if out.head_weights is None else out.head_weights
+        return Step(out.weights, list(out.update), heads, strategy.nonnegative_weights)
+    if strategy.kind == "gramian":
+        w, heads = strategy.decide(losses, stats)
+    else:
+        w = heads = strategy.weights(losses, None)
     return Step(w, [torch.tensordot(w, g, dims=1) for g in per_task],
-                strategy.nonnegative_weights)
+                ones if heads is None else heads, strategy.nonnegative_weights)
 
 
 def assert_valid(step: Step, n: int, dtype: torch.dtype = F64, some_positive: bool = True) -> None:
@@ -283,6 +293,7 @@ def test_permutation_equivariance(name, overrides, n):
         step, permuted = step_in(world, name, overrides), step_in(world.permuted(perm), name,
                                                                    overrides)
         assert_close(permuted.weights, step.weights[perm], rtol=1e-10, atol=1e-300)
+        assert_close(permuted.heads, step.heads[perm], rtol=1e-10, atol=1e-300)
         assert_close_update(permuted.update, step.update, rtol=1e-10)
 
 
@@ -305,7 +316,7 @@ def check_scale_invariance(world: World, name: str, overrides: dict[str, Any],
             scaled = step_in(world.scaled(k, lam), name, overrides, dtype, stats_dtype=F64)
             s = torch.ones(n, dtype=F64)
             s[k] = lam
-            c = assert_same_direction(scaled.weights.double() * s, step.weights.double(), rtol)
+            c = assert_same_direction(scaled.heads.double() * s, step.heads.double(), rtol)
             assert_close_update([u.double() for u in scaled.update],
                                 [c * u.double() for u in step.update], rtol)
 
@@ -339,7 +350,7 @@ def test_claimed_shift_invariance(name, overrides, n):
             for c in SHIFTS:
                 # gradients are unchanged by a shift: weights and update must be proportional
                 shifted = step_in(world.shifted(k, c), name, overrides)
-                factor = assert_same_direction(shifted.weights, step.weights)
+                factor = assert_same_direction(shifted.heads, step.heads)
                 assert_close_update(shifted.update, [factor * u for u in step.update])
 
 
