@@ -41,7 +41,8 @@ authors' convention. Scale invariance of the whole update needs ``weighted`` hea
 the Convergence of Stochastic Multi-Objective Gradient Manipulation and Beyond",
 https://arxiv.org/abs/2210.01346), a moving average of the method's weights,
 λ_t = α λ_{t−1} + (1 − α) λ̂_t (λ_0 = λ̂_1), which they prove makes stochastic MOGM methods converge;
-λ is the method's own weight vector (on the unit gradients with ``normalize``), kept in checkpoints.
+λ is the method's weight vector on the gradients it sees (g_i; the unit u_i with ``normalize``),
+kept in checkpoints.
 
 ``loss_weighting``: a loss-side strategy stacked under the method (``base.GradientWeighting``).
 
@@ -143,12 +144,11 @@ class GramianWeighting(GradientWeighting):
 
     def gramian_weights(self, gramian: Tensor) -> Tensor:
         """Weights on the original gradients [n] (float64) from the float64 CPU Gramian [n, n]:
-        f(G), or f(C) / ||g_i|| with ``normalize`` or ``via_cosines`` (f smoothed by
-        ``cr_mogm``)."""
+        f(G), or f(C) / ||g_i|| with ``normalize`` or ``via_cosines``."""
         if not (self.normalize or self.via_cosines):
-            return self.smoothed(self.solve(gramian))
+            return self.solve(gramian)
         cos, inv = cosine_matrix(gramian)
-        return self.smoothed(self.solve(cos)) * torch.where(inv > 0, inv, torch.ones_like(inv))
+        return self.solve(cos) * torch.where(inv > 0, inv, torch.ones_like(inv))
 
     def smoothed(self, w: Tensor) -> Tensor:
         """CR-MOGM: α λ_{t−1} + (1 − α) λ̂_t (λ̂_t = ``w`` [n]), remembered; ``w`` if α = 0."""
@@ -172,5 +172,10 @@ class GramianWeighting(GradientWeighting):
         gramian = grads.gramian.detach().to(device="cpu", dtype=F64)
         gramian = 0.5 * (gramian + gramian.T)  # exactly symmetric for the solvers
         w = self.gramian_weights(gramian)
+        if self.cr_mogm:  # smooth the weights on the gradients the method sees (g_i, or u_i)
+            norms = gramian.diagonal().clamp_min(0).sqrt()
+            scale = torch.where(norms > 0, norms, torch.ones_like(norms)) if self.normalize \
+                else torch.ones_like(norms)
+            w = self.smoothed(w * scale) / scale
         return finite_weights(w, losses).to(losses.device)
 
