@@ -61,13 +61,14 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         scheduler: Any, strategy: Any, keep: int, counters: dict[str, int] | None = None,
-         config: dict[str, Any] | None = None) -> Path:
+         scheduler: Any, strategy: Any, keep: int, counters: dict[str, float] | None = None,
+         config: dict[str, Any] | None = None, selection: dict[str, Any] | None = None) -> Path:
     """Write ``checkpoints/step_<step>.pt`` atomically and delete all but the newest ``keep``.
 
     ``counters``: the loop's own running counts (e.g. skipped steps), restored by :func:`restore`;
     ``config``: the result-affecting config values (:func:`mtlbench.rundir.result_config`), which a
-    resume must match.
+    resume must match; ``selection``: ``trainer.select=best_val``'s best evaluation so far (step,
+    value, model state), or None.
     """
     state = {
         "step": step,
@@ -80,6 +81,7 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.opti
         **({"loss_weighting": stacked.state_dict()} if (stacked := getattr(
             strategy, "loss_weighting", None)) is not None else {}),
         "rng": _rng_state(),
+        "selection": selection,
     }
     path = run_dir / CHECKPOINT_DIR / f"step_{step:08d}.pt"
     buffer = io.BytesIO()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_object
@@ -29,6 +29,7 @@ SCHEMAS: dict[tuple[str, str], str] = {
     ("data", "multifashion"): "mtlbench.data.pairs.MultiFashionConfig",
     ("data", "multifashion_mnist"): "mtlbench.data.pairs.MultiFashionMNISTConfig",
     ("model", "lenet"): "mtlbench.models.lenet.LeNetConfig",
+    ("model", "resnet18"): "mtlbench.models.resnet.ResNet18Config",
 }
 
 
@@ -50,17 +51,21 @@ class SGDConfig:
 
 @dataclass
 class TrainerConfig:
-    """``trainer.*``: the loop's knobs (steps, batches, device, logging, checkpoints)."""
+    """``trainer.*``: the loop's knobs (length, batches, device, selection, logging, checkpoints).
 
-    max_steps: int = 300
-    eval_every: int = 100
+    The run's length is ``max_steps`` or ``epochs`` (× ``len(train) // batch_size`` steps): exactly
+    one is set. ``eval_every``: steps between validations, or ``epoch``. ``select``: ``last`` or
+    ``best_val`` (``mtlbench.selection``).
+    """
+
+    max_steps: Optional[int] = 300  # noqa: UP045
+    epochs: Optional[int] = None  # noqa: UP045
+    eval_every: Any = 100
     batch_size: int = 128
     eval_batch_size: int = 2048
     device: str = "auto"
     log_every: int = 10
     grad_log_every: int = 50
-    lr_decay_every: int = 0
-    lr_decay: float = 0.5
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
     resume: str = "auto"
@@ -71,6 +76,9 @@ class TrainerConfig:
     num_threads: int = 0
     retain_cpu_memory: bool = True
     report_metric: Optional[str] = None  # noqa: UP045
+    select: str = "last"
+    select_metric: str = "mean_accuracy"
+    select_reference: Optional[Dict[str, float]] = None  # noqa: UP006, UP045
 
 
 @dataclass
@@ -82,6 +90,7 @@ class Config:
     model: Any = MISSING
     strategy: Any = MISSING
     optimizer: Any = MISSING
+    scheduler: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 0
 
@@ -118,10 +127,24 @@ def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
 def validate(cfg: DictConfig) -> None:
     """Range checks that types alone cannot express; raises a one-line :class:`ConfigError`."""
     t = cfg.trainer
-    for key in ("max_steps", "eval_every", "batch_size", "eval_batch_size", "log_every",
-                "grad_log_every", "keep_checkpoints"):
+    if (t.max_steps is None) == (t.epochs is None):
+        both = "both are set" if t.epochs is not None else "neither is set"
+        raise ConfigError(
+            "Set exactly one of `trainer.max_steps` and `trainer.epochs` (" + both + ": "
+            f"`trainer.max_steps = {t.max_steps}`, `trainer.epochs = {t.epochs}`); e.g. "
+            "trainer.epochs=30 trainer.max_steps=null."
+        )
+    for key in ("max_steps", "epochs"):
+        if t[key] is not None:
+            _positive_int(f"trainer.{key}", t[key])
+    every = t.eval_every
+    if every != "epoch" and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
+        raise ConfigError("`trainer.eval_every` must be an integer >= 1 or epoch. "
+                          f"Found `trainer.eval_every = {every}`.")
+    for key in ("batch_size", "eval_batch_size", "log_every", "grad_log_every",
+                "keep_checkpoints"):
         _positive_int(f"trainer.{key}", t[key])
-    for key in ("checkpoint_every", "lr_decay_every", "num_threads"):
+    for key in ("checkpoint_every", "num_threads"):
         _positive_int(f"trainer.{key}", t[key], minimum=0)
     if not DEVICE_PATTERN.match(str(t.device)):
         raise ConfigError(
@@ -142,7 +165,3 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(cfg.seed, int) or not 0 <= cfg.seed <= MAX_SEED:
         raise ConfigError(f"`seed` must be an integer in [0, {MAX_SEED}] (2**63 - 1). "
                           f"Found `seed = {cfg.seed}`.")
-    if not (0 < t.lr_decay <= 1):
-        raise ConfigError(
-            f"`trainer.lr_decay` must be in (0, 1]. Found `trainer.lr_decay = {t.lr_decay}`."
-        )

@@ -38,6 +38,8 @@ from mtlbench.gradients import (
 from mtlbench.instantiate import instantiate_group
 from mtlbench.models.multitask import MultiTaskModel, build_model
 from mtlbench.progress import Progress
+from mtlbench.schedulers import Schedule, build_scheduler
+from mtlbench.selection import Criterion, build_criterion
 from mtlbench.stats import GradientStats, PerTaskGradients, cosines, wide
 from mtlbench.strategies.base import Combiner, GradientWeighting, SetupContext, Strategy, parts
 from mtlbench.tasks import TaskSpec
@@ -127,13 +129,19 @@ def build_optimizer(cfg: DictConfig, model: MultiTaskModel,
 @torch.no_grad()
 def measure_losses(model: MultiTaskModel, data: MultiTaskData, batches: int, batch_size: int,
                    seed: int) -> Tensor:
-    """Mean transformed loss per task over ``batches`` training batches (eq. 2, measured)."""
+    """Mean transformed loss per task over ``batches`` training batches (eq. 2, measured), in
+    training mode (as the first steps see the model: batch statistics, dropout averaged over the
+    batches); the buffers a forward pass updates (BatchNorm's running statistics) are restored, so
+    the measurement leaves the model as it found it."""
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
     total = torch.zeros(len(data.tasks), dtype=torch.float64)
     for b in range(batches):
         idx = batch_indices(b, len(data.train), batch_size, seed + 7919)
         idx = idx.to(data.train.inputs.device)
         x, y = data.train.batch(idx)
         total += task_losses(data.tasks, model(x)[1], y).double().cpu()
+    for name, value in model.named_buffers():
+        value.copy_(buffers[name])
     return total / batches
 
 
@@ -296,18 +304,21 @@ def run(cfg: DictConfig, run_dir: Path, strategy_name: str, *, interactive: bool
         for part in parts(strategy):
             part.setup(context)
         optimizer = build_optimizer(cfg.optimizer, model, strategy)
-        scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, tcfg.lr_decay_every, tcfg.lr_decay)
-                     if tcfg.lr_decay_every > 0 else None)
+        per_epoch = steps_per_epoch(len(data.train), tcfg.batch_size)
+        total = tcfg.max_steps if tcfg.max_steps is not None else tcfg.epochs * per_epoch
+        schedule = build_scheduler(cfg.scheduler, optimizer, total, per_epoch)
+        criterion = build_criterion(tcfg, data.tasks, has_val=len(data.val) > 0)
 
         prior = owned.inspect(values, fresh=tcfg.resume == "fresh", load_checkpoint=checkpoint.load)
         if prior.state == "done":
             log.info("Run dir %s already holds the finished run of this configuration "
                      "(metrics.json); nothing to do.", owned.path)
             return prior.metrics or {}
-        start, counters = 0, {}
+        start, counters, best = 0, {}, None
         if prior.checkpoint is not None:
             start, counters = checkpoint.restore(prior.checkpoint, prior.checkpoint_path, model,
-                                                 optimizer, scheduler, strategy)
+                                                 optimizer, schedule.scheduler, strategy)
+            best = prior.checkpoint.get("selection")
         owned.claim(prior, config_files)
         log.info("CPU threads: %d (trainer.num_threads=%d)", threads, tcfg.num_threads)
         if start:
@@ -315,8 +326,8 @@ def run(cfg: DictConfig, run_dir: Path, strategy_name: str, *, interactive: bool
         elif prior.stale:
             log.info("Starting over in %s: removed %s of an earlier attempt", run_dir,
                      prior.stale_summary())
-        loop = Loop(cfg, run_dir, strategy_name, data, model, optimizer, scheduler, strategy,
-                    values)
+        loop = Loop(cfg, run_dir, strategy_name, data, model, optimizer, schedule, strategy,
+                    values, total, per_epoch, criterion, best)
         metrics = loop.train(start, counters, interactive)
         metrics.update(device=str(device), num_threads=threads)
         return finish(loop, metrics)
@@ -332,27 +343,70 @@ class Loop:
     data: MultiTaskData
     model: MultiTaskModel
     optimizer: torch.optim.Optimizer
-    scheduler: Any
+    schedule: Schedule
     strategy: Strategy
     config_values: dict[str, Any]
+    total_steps: int
+    per_epoch: int
+    #: ``trainer.select=best_val``: the criterion, and the best evaluation so far (``step``,
+    #: ``value`` to minimize, ``model`` state); None with ``select=last``.
+    criterion: Criterion | None = None
+    best: dict[str, Any] | None = None
+    seconds_before: float = 0.0
+    started: float = 0.0
 
     def save(self, step: int, skipped: int) -> Path:
         tcfg = self.cfg.trainer
-        return checkpoint.save(self.run_dir, step, self.model, self.optimizer, self.scheduler,
-                               self.strategy, keep=tcfg.keep_checkpoints,
-                               counters={"skipped_steps": skipped}, config=self.config_values)
+        counters = {"skipped_steps": skipped, "train_seconds": self.seconds()}
+        return checkpoint.save(self.run_dir, step, self.model, self.optimizer,
+                               self.schedule.scheduler, self.strategy, keep=tcfg.keep_checkpoints,
+                               counters=counters, config=self.config_values, selection=self.best)
 
-    def train(self, start: int, counters: dict[str, int], interactive: bool) -> dict[str, Any]:
-        """Steps ``start`` … ``max_steps - 1``, evaluation, checkpoints; returns the metrics."""
+    def seconds(self) -> float:
+        """Seconds spent in :meth:`train` by this run, earlier attempts that checkpointed included
+        (the time after an attempt's last checkpoint is lost with it)."""
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def consider(self, step: int, val: dict[str, dict[str, float]]) -> None:
+        """``best_val``: keep the model of this evaluation if it beats the best so far."""
+        if self.criterion is None:
+            return
+        value = self.criterion.value(val)
+        if self.best is None or value < self.best["value"]:
+            state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.best = {"step": step, "value": value, "model": state}
+
+    def selected_test(self, last: dict[str, dict[str, float]]) -> dict[str, Any]:
+        """The metrics.json entries of ``best_val``: the selected model's test metrics (the
+        model is left holding its parameters), its step and criterion, and the last model's."""
+        assert self.criterion is not None and self.best is not None
+        tasks, tcfg = self.data.tasks, self.cfg.trainer
+        self.model.load_state_dict(self.best["model"])
+        test = evaluate(self.model, tasks, self.data.test, tcfg.eval_batch_size)
+        log_eval(self.logger, "test_selected", test, self.best["step"])
+        log.info("Selected step %d of %d by %s = %.6g", self.best["step"], self.total_steps,
+                 self.criterion.name, self.criterion.reported(self.best["value"]))
+        return {
+            "tasks": {t.name: {"kind": t.kind, **test[t.name]} for t in tasks},
+            "selected": {"step": int(self.best["step"]), "criterion": self.criterion.name,
+                         "value": self.criterion.reported(self.best["value"])},
+            "last": {"step": self.total_steps,
+                     "tasks": {t.name: {"kind": t.kind, **last[t.name]} for t in tasks}},
+        }
+
+    def train(self, start: int, counters: dict[str, float], interactive: bool) -> dict[str, Any]:
+        """Steps ``start`` … ``total_steps - 1``, evaluation, checkpoints; returns the metrics."""
         cfg, tcfg, data = self.cfg, self.cfg.trainer, self.data
         tasks, names, device = data.tasks, [t.name for t in data.tasks], data.train.inputs.device
-        skipped, started, val = counters.get("skipped_steps", 0), time.perf_counter(), {}
-        max_skipped = math.floor(tcfg.max_skip_fraction * tcfg.max_steps)
-        per_epoch = steps_per_epoch(len(data.train), tcfg.batch_size)
+        skipped, val = counters.get("skipped_steps", 0), {}
+        self.seconds_before, self.started = counters.get("train_seconds", 0.0), time.perf_counter()
+        total, per_epoch = self.total_steps, self.per_epoch
+        max_skipped = math.floor(tcfg.max_skip_fraction * total)
+        eval_every = per_epoch if tcfg.eval_every == "epoch" else tcfg.eval_every
         bar = interactive if tcfg.progress == "auto" else tcfg.progress == "on"
-        with StopOnInterrupt() as interrupt, Progress(tcfg.max_steps, bar, names=names) as progress:
+        with StopOnInterrupt() as interrupt, Progress(total, bar, names=names) as progress:
             self.logger = RunLogger(self.run_dir, names, purge_step=start or None)
-            for step in range(start, tcfg.max_steps):
+            for step in range(start, total):
                 idx = batch_indices(step, len(data.train), tcfg.batch_size, cfg.seed).to(device)
                 x, y = data.train.batch(idx)
                 result = train_step(self.model, tasks, x, y, self.strategy, self.optimizer)
@@ -365,32 +419,39 @@ class Loop:
                     skipped += 1
                     self.check_divergence(step, names, result, skipped, max_skipped)
                     self.logger.writer.add_scalar("train/skipped_steps", skipped, step)
-                if self.scheduler is not None:
-                    self.scheduler.step()
+                self.schedule.after_step(step, per_epoch)
                 if step % tcfg.log_every == 0:
                     log_step(self.logger, tasks, step, result,
                              with_grads=step % tcfg.grad_log_every == 0)
-                if (step + 1) % tcfg.eval_every == 0 or step + 1 == tcfg.max_steps:
+                    self.logger.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"],
+                                                  step)
+                if (step + 1) % eval_every == 0 or step + 1 == total:
                     val = evaluate(self.model, tasks, data.val, tcfg.eval_batch_size)
                     log_eval(self.logger, "val", val, step + 1)
-                    log.info("step %d/%d  val %s", step + 1, tcfg.max_steps, _brief(tasks, val))
+                    log.info("step %d/%d  val %s", step + 1, total, _brief(tasks, val))
+                    self.consider(step + 1, val)
                 if tcfg.checkpoint_every and (step + 1) % tcfg.checkpoint_every == 0:
                     self.save(step + 1, skipped)
                 progress.update(step + 1, result.losses)
-                if interrupt.requested and step + 1 < tcfg.max_steps:
+                if interrupt.requested and step + 1 < total:
                     progress.close()
                     self.interrupted(step + 1, skipped)
         test = evaluate(self.model, tasks, data.test, tcfg.eval_batch_size)
-        log_eval(self.logger, "test", test, tcfg.max_steps)
-        return {
+        log_eval(self.logger, "test", test, total)
+        metrics = {
             "strategy": self.strategy_name,
             "seed": int(cfg.seed),
-            "steps": int(tcfg.max_steps),
+            "steps": int(total),
+            "epochs": total / per_epoch,
+            "steps_per_epoch": per_epoch,
             "tasks": {t.name: {"kind": t.kind, **test[t.name]} for t in tasks},
             "val": val,
             "skipped_steps": skipped,
-            "train_seconds": round(time.perf_counter() - started, 3),
+            "train_seconds": round(self.seconds(), 3),
         }
+        if self.criterion is not None:
+            metrics.update(self.selected_test(test))
+        return metrics
 
     def check_divergence(self, step: int, names: list[str], result: StepResult, skipped: int,
                          max_skipped: int) -> None:
@@ -405,7 +466,7 @@ class Loop:
             raise TrainingDiverged(
                 f"Training diverged (strategy {self.strategy_name}): {skipped} non-finite steps "
                 f"skipped by step {step}, more than trainer.max_skip_fraction="
-                f"{tcfg.max_skip_fraction} of the {tcfg.max_steps} steps. {kept.strip()} "
+                f"{tcfg.max_skip_fraction} of the {self.total_steps} steps. {kept.strip()} "
                 "Lower optimizer.lr, or raise trainer.max_skip_fraction."
             )
 
@@ -413,7 +474,7 @@ class Loop:
         path = self.save(step, skipped)
         self.logger.close()
         raise Interrupted(
-            f"Interrupted at step {step}/{self.cfg.trainer.max_steps}; checkpoint saved as {path}. "
+            f"Interrupted at step {step}/{self.total_steps}; checkpoint saved as {path}. "
             f"To resume, run the same command with hydra.run.dir={self.run_dir}."
         )
 

@@ -340,17 +340,18 @@ def test_sk_multimnist_preset_is_the_published_protocol() -> None:
     assert cfg.optimizer._target_ == "torch.optim.SGD"
     assert cfg.optimizer.lr == 0.01 and cfg.optimizer.momentum == 0.9
     t = cfg.trainer
-    steps_per_epoch = round(60_000 * (1 - cfg.data.val_fraction)) // t.batch_size
-    assert t.batch_size == 256 and t.lr_decay == 0.5
-    assert t.max_steps == 100 * steps_per_epoch and t.lr_decay_every == 30 * steps_per_epoch
+    assert t.batch_size == 256 and t.epochs == 100 and t.max_steps is None
+    assert cfg.scheduler._target_ == "torch.optim.lr_scheduler.StepLR"
+    assert (cfg.scheduler.interval, cfg.scheduler.step_size, cfg.scheduler.gamma) == (
+        "epoch", 30, 0.5)
 
 
 @needs_mnist5k
 def test_sk_multimnist_smoke_run_offline(tmp_path: Path) -> None:
     cfg = compose_config(["experiment=sk_multimnist", "data.source=mnist5k",
                           "data.download=false", f"data.cache_dir={tmp_path}", "data.n_train=512",
-                          "data.n_val=64", "data.n_test=64", "trainer.max_steps=4",
-                          "trainer.eval_every=2", "trainer.lr_decay_every=2",
+                          "data.n_val=64", "data.n_test=64", "trainer.epochs=2",
+                          "trainer.eval_every=2", "scheduler.step_size=1",
                           "trainer.device=cpu"])
     metrics = run(cfg, tmp_path / "run", "equal")
     assert set(metrics["tasks"]) == {"left", "right"}
