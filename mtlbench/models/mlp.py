@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -14,13 +15,14 @@ from mtlbench.errors import ConfigError
 
 @dataclass
 class MLPConfig:
-    """Schema of ``model=mlp``: ``depth`` Linear+ReLU layers of ``width`` units, heads of
-    ``head_hidden``."""
+    """Schema of ``model=mlp``: ``depth`` Linear+ReLU layers of ``width`` units; heads of
+    ``head_layers`` linear layers, hidden ones ``head_hidden`` wide (null: ``width``)."""
 
     _target_: str = "mtlbench.models.mlp.MLPBackbone"
     width: int = 128
     depth: int = 2
-    head_hidden: int = 0
+    head_layers: int = 1
+    head_hidden: Optional[int] = None
 
 
 class MLPBackbone(nn.Module):

@@ -7,7 +7,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from mtlbench.errors import ConfigError
 from mtlbench.instantiate import instantiate_group
+from mtlbench.models.checks import check_int, check_optional_int
 from mtlbench.models.heads import make_head
 from mtlbench.tasks import TaskSpec
 
@@ -59,9 +61,27 @@ class MultiTaskModel(nn.Module):
 
 def build_model(cfg: DictConfig | dict[str, Any], input_shape: tuple[int, ...],
                 tasks: list[TaskSpec]) -> MultiTaskModel:
-    """Instantiate the ``model`` group's backbone and attach a head per task."""
+    """Instantiate the ``model`` group's backbone and attach a head per task.
+
+    The head keys are read here, not by the backbone: ``head_layers`` (linear layers per head,
+    >= 1) and ``head_hidden`` (their hidden width; null: the backbone's ``out_dim``), see
+    :func:`mtlbench.models.heads.make_head`. A backbone with a ``dropout`` key (LeNet) gets it in
+    its heads too, after each hidden ReLU. A node without ``head_layers`` (configs built in code
+    before it existed) gets 2 layers if ``head_hidden`` is > 0, else 1.
+    """
     node = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    head_hidden = int(node.pop("head_hidden", 0))
+    head_layers = node.pop("head_layers", None)
+    head_hidden = node.pop("head_hidden", None)
+    if head_layers is not None:
+        check_int("model.head_layers", head_layers, minimum=1)
+        check_optional_int("model.head_hidden", head_hidden, minimum=1)
+        if head_layers == 1 and head_hidden is not None:
+            raise ConfigError(
+                "Parameter `model.head_hidden` is the width of hidden layers, which heads of "
+                "`model.head_layers = 1` do not have: set model.head_layers >= 2 or "
+                f"model.head_hidden=null. Found `model.head_hidden = {head_hidden}`.")
+    dropout = node.get("dropout", 0.0)
     backbone = instantiate_group("model", node, input_shape=tuple(input_shape))
-    heads = {t.name: make_head(t, backbone.out_dim, head_hidden) for t in tasks}
+    heads = {t.name: make_head(t, backbone.out_dim, head_hidden, layers=head_layers,
+                               dropout=dropout) for t in tasks}
     return MultiTaskModel(backbone, heads)
