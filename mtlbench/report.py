@@ -17,6 +17,14 @@ single-task baselines (``strategy=single_task data.only=<task>`` runs found in t
 
     Δm% = (1/K) Σ_k (−1)^{δ_k} (M_k − M_stl,k) / M_stl,k × 100,
     δ_k = 1 if higher is better (accuracy), 0 otherwise (mse)
+
+Each mean comes with its sample std and a 95% confidence interval (Student t, n − 1 degrees of
+freedom: mean ± t_{0.975, n−1} · sd / √n; none for a single seed), and each configuration with its
+training time per step (``train_seconds / steps`` of metrics.json, mean over seeds) and, when runs
+picked their test model on validation (``trainer.select=best_val``: ``selected`` in metrics.json),
+the selected steps. ``--reference NAME`` puts a table of published numbers (shipped with mtlbench,
+see :mod:`mtlbench.references`) beside the runs, labelled "published"; it never enters the ranks
+or Δm%.
 """
 
 from __future__ import annotations
@@ -34,6 +42,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from mtlbench import references
+from mtlbench.references import Published
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -48,6 +59,13 @@ BASELINE_STRATEGY = "single_task"
 GAMMA_KEY = "strategy.gamma"
 #: Most entries per column of a plot's legend (the key beside the axes).
 KEY_ROWS = 40
+#: metrics.json keys of the training time: wall-clock seconds of the training loop over ``steps``
+#: steps (optional; ``steps_per_epoch``, if present, also gives seconds per epoch).
+TIME_KEY, STEPS_KEY, EPOCH_KEY = "train_seconds", "steps", "steps_per_epoch"
+#: metrics.json key of the model selection (``trainer.select=best_val``): {"step", "criterion"}.
+SELECTED_KEY = "selected"
+#: ``--reference`` value that lists the shipped reference tables.
+LIST_REFERENCES = "list"
 
 
 class ReportError(Exception):
@@ -68,6 +86,10 @@ class Run:
         tasks: task → {"metric": name, "value": test value, None if non-finite} (finished runs).
         error: the failure message (failed runs only).
         mtime: modification time of metrics.json (finished runs; picks among duplicate seeds).
+        data: the data config (``data=`` override or Hydra's choices), None if unknown.
+        seconds_per_step: ``train_seconds / steps`` of metrics.json, None when not recorded.
+        steps_per_epoch: ``steps_per_epoch`` of metrics.json, None when not recorded.
+        selected: ``selected`` of metrics.json ({"step": int, "criterion": str}), None if absent.
     """
 
     path: Path
@@ -78,6 +100,10 @@ class Run:
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     error: str | None = None
     mtime: float = 0.0
+    data: str | None = None
+    seconds_per_step: float | None = None
+    steps_per_epoch: int | None = None
+    selected: dict[str, Any] | None = None
 
     @property
     def config_key(self) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -159,6 +185,8 @@ def read_run(path: Path) -> Run:
                .get("runtime", {}).get("choices", {}))
     run = Run(path=path, status="unfinished",
               strategy=str(overrides.get("strategy") or choices.get("strategy") or "?"))
+    data = overrides.get("data") or choices.get("data")
+    run.data = str(data) if data else None
     run.params = {k: v for k, v in overrides.items()
                   if k not in IGNORED_KEYS and not k.startswith("strategy.")}
     if isinstance(config.get("strategy"), dict):
@@ -205,7 +233,26 @@ def _read_metrics(run: Run, path: Path) -> str | None:
         return f"unreadable metrics.json ({type(exc).__name__}: {exc})"
     run.status, run.tasks, run.seed, run.strategy, run.mtime = (
         "finished", tasks, seed, strategy, mtime)
+    _read_extras(run, metrics)
     return None
+
+
+def _positive(value: Any) -> float | None:
+    """``value`` as a finite positive float, else None (a missing or malformed key)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) and value > 0 else None
+
+
+def _read_extras(run: Run, metrics: dict[str, Any]) -> None:
+    """Training time and model selection from metrics.json; absent or malformed: None."""
+    seconds, steps = _positive(metrics.get(TIME_KEY)), _positive(metrics.get(STEPS_KEY))
+    run.seconds_per_step = seconds / steps if seconds is not None and steps else None
+    per_epoch = _positive(metrics.get(EPOCH_KEY))
+    run.steps_per_epoch = int(per_epoch) if per_epoch else None
+    selected = metrics.get(SELECTED_KEY)
+    if isinstance(selected, dict) and isinstance(selected.get("step"), int):
+        run.selected = {"step": selected["step"], "criterion": selected.get("criterion")}
 
 
 def _main_metric(values: dict[str, Any]) -> dict[str, Any]:
@@ -260,13 +307,25 @@ class Row:
     strategy: str
     params: dict[str, str]
     seeds: list[int | None]
-    tasks: dict[str, dict[str, Any]]  # task → metric, mean, std, values
+    tasks: dict[str, dict[str, Any]]  # task → metric, mean, std, ci95, values
     delta_m: float | None = None
     rank: int | None = None
+    members: list[Run] = field(default_factory=list)
 
     @property
     def is_baseline(self) -> bool:
         return self.strategy == BASELINE_STRATEGY
+
+    @property
+    def seconds_per_step(self) -> float | None:
+        """Mean training seconds per step over the runs that record it; None when none does."""
+        values = [m.seconds_per_step for m in self.members if m.seconds_per_step is not None]
+        return statistics.fmean(values) if values else None
+
+    @property
+    def selected_steps(self) -> list[int | None]:
+        """Each run's selected step (``trainer.select=best_val``; None: not recorded)."""
+        return [m.selected["step"] if m.selected else None for m in self.members]
 
 
 def common_params(runs: Sequence[Run]) -> dict[str, str]:
@@ -278,13 +337,20 @@ def common_params(runs: Sequence[Run]) -> dict[str, str]:
 
 def varying_strategy_params(runs: Sequence[Run]) -> dict[str, set[str]]:
     """Per strategy, the ``strategy.*`` keys whose value differs between its runs (e.g. ``gamma``
-    in a γ sweep); the others are that strategy's fixed defaults and stay out of its label."""
+    in a γ sweep) or that only some of its runs have (a setting added to the strategy between
+    runs); the others are that strategy's fixed defaults and stay out of its label."""
     values: dict[str, dict[str, set[str]]] = {}
+    counts: dict[str, dict[str, int]] = {}
+    totals: dict[str, int] = {}
     for run in runs:
+        totals[run.strategy] = totals.get(run.strategy, 0) + 1
         for key, value in run.params.items():
             if key.startswith("strategy."):
                 values.setdefault(run.strategy, {}).setdefault(key, set()).add(value)
-    return {strategy: {k for k, v in keys.items() if len(v) > 1}
+                count = counts.setdefault(run.strategy, {})
+                count[key] = count.get(key, 0) + 1
+    return {strategy: {k for k, v in keys.items()
+                       if len(v) > 1 or counts[strategy][k] < totals[strategy]}
             for strategy, keys in values.items()}
 
 
@@ -301,6 +367,42 @@ def label_of(strategy: str, params: dict[str, str], common: dict[str, str],
 def std(values: Sequence[float]) -> float | None:
     """Sample standard deviation; None (no spread to show) for fewer than two values."""
     return statistics.stdev(values) if len(values) > 1 else None
+
+
+#: t_{0.975, ν} for ν = 1 … 30 (the 97.5% quantile of Student's t: two-sided 95%), to 9 decimals.
+T_975 = (12.706204736, 4.302652730, 3.182446305, 2.776445105, 2.570581836, 2.446911851,
+         2.364624252, 2.306004135, 2.262157163, 2.228138852, 2.200985160, 2.178812830,
+         2.160368656, 2.144786688, 2.131449546, 2.119905299, 2.109815578, 2.100922040,
+         2.093024054, 2.085963447, 2.079613845, 2.073873068, 2.068657610, 2.063898562,
+         2.059538553, 2.055529439, 2.051830516, 2.048407142, 2.045229642, 2.042272456)
+
+
+def t_quantile_975(dof: float) -> float:
+    """t_{0.975, dof}: the table :data:`T_975` for dof 1 … 30, beyond it the Cornish-Fisher
+    expansion of Student's t around the normal quantile z = 1.959964 (Abramowitz & Stegun
+    26.7.5, four terms: error < 1e-7 for dof > 30), z itself for dof = inf."""
+    if math.isnan(dof) or dof < 1:
+        raise ValueError(f"degrees of freedom must be ≥ 1, got {dof}")
+    if dof <= len(T_975) and float(dof).is_integer():
+        return T_975[int(dof) - 1]
+    z = statistics.NormalDist().inv_cdf(0.975)
+    if math.isinf(dof):
+        return z
+    terms = ((z**3 + z) / 4,
+             (5 * z**5 + 16 * z**3 + 3 * z) / 96,
+             (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
+             (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160)
+    return z + sum(g / dof ** (k + 1) for k, g in enumerate(terms))
+
+
+def ci95(values: Sequence[float]) -> tuple[float, float] | None:
+    """95% confidence interval of the mean: mean ± t_{0.975, n−1} · sd / √n (Student t);
+    None for fewer than two values."""
+    if len(values) < 2:
+        return None
+    mean, half = statistics.fmean(values), (t_quantile_975(len(values) - 1)
+                                            * statistics.stdev(values) / math.sqrt(len(values)))
+    return mean - half, mean + half
 
 
 def natural_key(label: str) -> tuple[Any, ...]:
@@ -331,13 +433,18 @@ def aggregate(runs: Sequence[Run], common: dict[str, str]) -> list[Row]:
         groups.setdefault(run.config_key, []).append(run)
     rows = [Row(label_of(strategy, dict(items), common, varying), strategy, dict(items),
                 sorted((m.seed for m in members), key=lambda s: (s is None, s or 0)),
-                task_stats(members))
+                task_stats(members), members=sorted(members, key=_seed_order))
             for (strategy, items), members in groups.items()]
     return sorted(rows, key=lambda r: natural_key(r.label))
 
 
+def _seed_order(run: Run) -> tuple[bool, int]:
+    return run.seed is None, run.seed or 0
+
+
 def task_stats(members: Sequence[Run]) -> dict[str, dict[str, Any]]:
-    """task → metric, finite values, their mean and sample std (None when there are none / one)."""
+    """task → metric, finite values, their mean, sample std and 95% CI (:func:`ci95`; None when
+    there are none / one)."""
     tasks: dict[str, dict[str, Any]] = {}
     for member in members:
         for task, m in member.tasks.items():
@@ -347,6 +454,7 @@ def task_stats(members: Sequence[Run]) -> dict[str, dict[str, Any]]:
     for entry in tasks.values():
         entry["mean"] = statistics.fmean(entry["values"]) if entry["values"] else None
         entry["std"] = std(entry["values"])
+        entry["ci95"] = ci95(entry["values"])
     return tasks
 
 
@@ -393,17 +501,44 @@ def fmt_number(value: float) -> str:
     return f"{value:.4g}" if math.isfinite(value) else str(value)
 
 
+def fmt_ci(interval: tuple[float, float] | None) -> str:
+    """``[lo, hi]`` of a 95% CI; ``[—]`` when there is none (a single value)."""
+    return "[—]" if interval is None else f"[{fmt_number(interval[0])}, {fmt_number(interval[1])}]"
+
+
 def fmt_cell(entry: dict[str, Any] | None, n_seeds: int) -> str:
-    """``mean ± std`` of one task in one row; "—" for the whole cell when the row lacks the task
-    and for the spread of a single value; ``(n=k)`` when only k of the row's ``n_seeds`` runs
-    have a finite value."""
+    """``mean ± std [95% CI]`` of one task in one row; "—" for the whole cell when the row lacks
+    the task and for the spread and CI of a single value; ``(n=k)`` when only k of the row's
+    ``n_seeds`` runs have a finite value."""
     if entry is None:
         return "—"
     if entry["mean"] is None:
         return "non-finite"
     spread = "—" if entry["std"] is None else fmt_number(entry["std"])
-    cell, n = f"{fmt_number(entry['mean'])} ± {spread}", len(entry["values"])
+    cell = f"{fmt_number(entry['mean'])} ± {spread} {fmt_ci(entry.get('ci95'))}"
+    n = len(entry["values"])
     return cell if n >= n_seeds else f"{cell} (n={n})"
+
+
+def fmt_selected(steps: Sequence[int | None]) -> str:
+    """The selected steps of a row's runs: ``k`` when they agree, ``lo–hi`` when they differ
+    (``, m last`` when m runs recorded no selection); "—" when none did."""
+    known = sorted(s for s in steps if s is not None)
+    if not known:
+        return "—"
+    cell = str(known[0]) if known[0] == known[-1] else f"{known[0]}–{known[-1]}"
+    missing = len(steps) - len(known)
+    return f"{cell}, {missing} last" if missing else cell
+
+
+def any_selected(rows: Sequence[Row]) -> bool:
+    """Whether any run of the rows picked its test model on validation (``selected``)."""
+    return any(m.selected for row in rows for m in row.members)
+
+
+def fmt_seconds(value: float | None) -> str:
+    """A time cell (4 significant digits); "—" when not recorded."""
+    return "—" if value is None else fmt_number(value)
 
 
 def task_columns(rows: Sequence[Row]) -> list[tuple[str, str]]:
@@ -422,14 +557,16 @@ def table_order(row: Row) -> tuple[Any, ...]:
 
 def table_rows(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the main table (:func:`table_order`)."""
-    columns = task_columns(rows)
+    columns, selected = task_columns(rows), any_selected(rows)
     header = ["configuration", "seeds",
               *[f"{t} {m} {'↑' if m in HIGHER_IS_BETTER else '↓'}" for t, m in columns],
-              "Δm% ↓", "rank"]
+              "Δm% ↓", "rank", "s/step", *(["selected step"] if selected else [])]
     cells = [[row.label, str(len(row.seeds)),
               *[fmt_cell(row.tasks.get(t), len(row.seeds)) for t, _ in columns],
               "n/a" if row.delta_m is None else f"{row.delta_m:+.2f}",
-              "baseline" if row.is_baseline else str(row.rank or "—")]
+              "baseline" if row.is_baseline else str(row.rank or "—"),
+              fmt_seconds(row.seconds_per_step),
+              *([fmt_selected(row.selected_steps)] if selected else [])]
              for row in sorted(rows, key=table_order)]
     return header, cells
 
@@ -474,8 +611,9 @@ def problems_section(problems: Sequence[dict[str, Any]]) -> str:
 
 
 def render_markdown(report: dict[str, Any], header: list[str], cells: list[list[str]],
-                    problems: Sequence[dict[str, Any]], plots: Sequence[Path]) -> str:
-    """The full report.md text."""
+                    problems: Sequence[dict[str, Any]], plots: Sequence[Path],
+                    reference: str = "") -> str:
+    """The full report.md text (``reference``: the published-numbers section, if any)."""
     counts = report["counts"]
     duplicates = sum(p["problem"] == "duplicate seed" for p in problems)
     parts = ["# mtlbench report", "",
@@ -484,13 +622,21 @@ def render_markdown(report: dict[str, Any], header: list[str], cells: list[list[
                 if duplicates else "")
              + f", {counts['failed']} failed, {counts['unfinished']} unfinished; "
              f"{len(cells)} configurations. Metrics: test split, mean ± sample std over seeds "
-             "(— for a single seed).", ""]
+             "[95% CI of the mean, Student t] (— for a single seed); s/step: training seconds "
+             f"per step (`{TIME_KEY} / {STEPS_KEY}` of metrics.json, mean over seeds; — when "
+             "not recorded).", ""]
+    criteria = report.get("selection_criteria")
+    if criteria:
+        parts += ["Selected step: the step whose model was tested (`trainer.select=best_val`; "
+                  f"criterion: {', '.join(f'`{c}`' for c in criteria)}); lo–hi over seeds.", ""]
     if report["common"]:
         common = ", ".join(f"`{k}={v}`" for k, v in report["common"].items())
         parts += [f"Common settings: {common}", ""]
     if not report["baselines"]:
         parts += ["Δm%: n/a (no `strategy=single_task data.only=<task>` runs in these dirs).", ""]
     parts += [markdown_table(header, cells), ""]
+    if reference:
+        parts += [reference, ""]
     section = problems_section(problems)
     if section:
         parts += [section, ""]
@@ -498,23 +644,36 @@ def render_markdown(report: dict[str, Any], header: list[str], cells: list[list[
     return "\n".join(parts).rstrip() + "\n"
 
 
+def _blank(value: Any) -> Any:
+    """A CSV cell: "" for None."""
+    return "" if value is None else value
+
+
 def write_csv(path: Path, rows: Sequence[Row]) -> None:
-    """One line per configuration: label, params, seeds, per-task mean/std, Δm%, rank."""
+    """One line per configuration: label, params, seeds, per-task mean/std/95% CI, Δm%, rank,
+    seconds per step, selected steps (a JSON list in seed order, null where a run recorded none;
+    "" when no run did)."""
     columns = task_columns(rows)
+    stat_names = ("mean", "std", "ci95_lo", "ci95_hi")
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["configuration", "strategy", "params", "n_seeds", "seeds",
-                         *[f"{t}/{m}/{s}" for t, m in columns for s in ("mean", "std")],
-                         "delta_m_pct", "rank"])
+                         *[f"{t}/{m}/{s}" for t, m in columns for s in stat_names],
+                         "delta_m_pct", "rank", "seconds_per_step", "selected_steps"])
         for row in rows:
             stats = []
             for task, _ in columns:
                 entry = row.tasks.get(task) or {}
-                stats += ["" if entry.get(k) is None else entry[k] for k in ("mean", "std")]
+                interval = entry.get("ci95") or (None, None)
+                stats += [_blank(entry.get("mean")), _blank(entry.get("std")),
+                          _blank(interval[0]), _blank(interval[1])]
             writer.writerow([row.label, row.strategy, json.dumps(row.params, sort_keys=True),
                              len(row.seeds), " ".join(map(str, row.seeds)), *stats,
-                             "" if row.delta_m is None else row.delta_m,
-                             "baseline" if row.is_baseline else (row.rank or "")])
+                             _blank(row.delta_m),
+                             "baseline" if row.is_baseline else (row.rank or ""),
+                             _blank(row.seconds_per_step),
+                             json.dumps(row.selected_steps)
+                             if any(s is not None for s in row.selected_steps) else ""])
 
 
 def as_json(report: dict[str, Any], rows: Sequence[Row],
@@ -523,9 +682,10 @@ def as_json(report: dict[str, Any], rows: Sequence[Row],
     return {
         **report,
         "rows": [{"label": r.label, "strategy": r.strategy, "params": r.params, "seeds": r.seeds,
-                  "tasks": {t: {k: e[k] for k in ("metric", "mean", "std", "values")}
+                  "tasks": {t: {k: e[k] for k in ("metric", "mean", "std", "ci95", "values")}
                             for t, e in r.tasks.items()},
-                  "delta_m_pct": r.delta_m, "rank": r.rank, "baseline": r.is_baseline}
+                  "delta_m_pct": r.delta_m, "rank": r.rank, "baseline": r.is_baseline,
+                  "seconds_per_step": r.seconds_per_step, "selected_steps": r.selected_steps}
                  for r in rows],
         "problems": problems,
     }
@@ -540,6 +700,266 @@ def strict_json(node: Any) -> Any:
     if isinstance(node, (list, tuple)):
         return [strict_json(v) for v in node]
     return node
+
+
+# ----------------------------------------------------------------------------- published numbers
+@dataclass
+class Comparison:
+    """One published number beside one configuration of ours (``row`` None: no run matches).
+
+    ``ours``: mean, std, ci95, n of our number in the published number's units (None when it
+    cannot be computed from our runs); ``difference``: our mean − the published value;
+    ``by_data``: whether configurations had to run the published number's data config.
+    """
+
+    published: Published
+    row: Row | None
+    ours: dict[str, Any] | None
+    difference: float | None
+    by_data: bool = False
+
+
+def reference_names() -> list[str]:
+    """The names ``--reference`` accepts (the shipped tables, then ``list``)."""
+    return [*references.names(), LIST_REFERENCES]
+
+
+def check_reference(name: str | None, allow_list: bool = True) -> None:
+    """:class:`ReportError` naming the accepted values when ``name`` is not one of them (nor
+    ``list``, unless ``allow_list``)."""
+    accepted = reference_names() if allow_list else references.names()
+    if name is not None and name not in accepted:
+        raise ReportError(f"unknown reference `{name}`; accepted: "
+                          f"{', '.join(accepted)}.")
+
+
+def list_references() -> str:
+    """One line per shipped table: name, data configs, number of values, source."""
+    lines = []
+    for name in references.names():
+        published = references.load(name)
+        data = ", ".join(dict.fromkeys(p.data for p in published))
+        sources = "; ".join(dict.fromkeys(p.source for p in published))
+        lines.append(f"{name}  (data: {data}; {len(published)} values)  {sources}")
+    return "\n".join(lines) + "\n"
+
+
+def _param_matches(actual: str | None, wanted: str) -> bool:
+    """A strategy setting equals the published one (as text, or as numbers: 0.2 == 0.20)."""
+    if actual is None:
+        return False
+    if actual == wanted:
+        return True
+    try:
+        return float(actual) == float(wanted)
+    except ValueError:
+        return False
+
+
+def row_matches(row: Row, published: Published, by_data: bool = False) -> bool:
+    """Whether configuration ``row`` runs the published method: same strategy, the published
+    strategy settings, every task the number is computed over and, with ``by_data``, the
+    published number's data config for every run."""
+    return (bool(published.strategy) and row.strategy == published.strategy
+            and all(_param_matches(row.params.get(f"strategy.{k}"), v)
+                    for k, v in published.strategy_params.items())
+            and all(t in row.tasks for t in published.our_tasks)
+            and (not by_data or all(m.data == published.data for m in row.members)))
+
+
+def our_values(row: Row, published: Published, base: dict[str, dict[str, Any]]
+               ) -> list[float] | None:
+    """Our numbers (one per seed; one in all for a Δm%) comparable with ``published``, in its
+    units; None when our runs cannot give one (a metric they do not record)."""
+    scale = 100.0 if published.unit == "%" else 1.0
+    if published.metric in ("accuracy", "mse"):
+        values = []
+        for run in row.members:
+            per_task = [run.tasks.get(t) for t in published.our_tasks]
+            if all(m is not None and m["value"] is not None and m["metric"] == published.metric
+                   for m in per_task):
+                values.append(scale * statistics.fmean(m["value"] for m in per_task if m))
+        return values
+    if published.metric.startswith("epoch_seconds"):
+        return [r.seconds_per_step * r.steps_per_epoch for r in row.members
+                if r.seconds_per_step is not None and r.steps_per_epoch is not None]
+    if published.metric in ("delta_m_pct", "delta_m_pct_higher_better"):
+        value = delta_m({t: row.tasks[t] for t in published.our_tasks}, base)
+        sign = -1.0 if published.metric == "delta_m_pct_higher_better" else 1.0
+        return [] if value is None else [sign * value]
+    return None
+
+
+def compare(published: Sequence[Published], rows: Sequence[Row],
+            base: dict[str, dict[str, Any]], by_data: bool = False) -> list[Comparison]:
+    """Each published number beside every configuration that runs its method (table order; with
+    ``by_data``, on the same data config), or beside none; our numbers never feed back into the
+    rows (ranks, Δm%)."""
+    found = []
+    for pub in published:
+        matching = sorted((r for r in rows if row_matches(r, pub, by_data)), key=table_order)
+        for row in matching or [None]:
+            values = None if row is None else our_values(row, pub, base)
+            ours = None if values is None else {
+                "mean": statistics.fmean(values) if values else None, "std": std(values),
+                "ci95": ci95(values), "n": len(values)}
+            difference = (None if ours is None or ours["mean"] is None
+                          else ours["mean"] - pub.value)
+            found.append(Comparison(pub, row, ours, difference, by_data))
+    return found
+
+
+def select_published(published: Sequence[Published], runs: Sequence[Run]
+                     ) -> tuple[list[Published], str, bool]:
+    """The published numbers of the runs' data configs, a note saying which data the runs and
+    the table use when they differ, and whether to match configurations by data. When no run's
+    data config is known or in the table: every number, matched regardless of data."""
+    ours = sorted({r.data for r in runs if r.data})
+    theirs = list(dict.fromkeys(p.data for p in published))
+    shown = [p for p in published if p.data in ours]
+    if not ours:
+        return list(published), ("Note: the runs' data config is unknown (not in `.hydra/`); "
+                                 "every protocol of the table is shown."), False
+    note = ("" if set(ours) <= set(theirs) else
+            f"Note: these runs use {', '.join(f'data={d}' for d in ours)}; the table's "
+            f"protocols are for {', '.join(f'data={d}' for d in theirs)}.")
+    return (shown, note, True) if shown else (list(published), note, False)
+
+
+#: Units whose published numbers have two decimals; ours are shown with as many.
+FIXED_UNITS = frozenset({"%", "s"})
+
+
+def fmt_in_unit(value: float, unit: str, sign: bool = False) -> str:
+    """A number of the published table: two decimals in % and s (as published), else 4
+    significant digits; ``sign``: always with + or -."""
+    if unit in FIXED_UNITS:
+        return f"{value:+.2f}" if sign else f"{value:.2f}"
+    return f"{value:+.4g}" if sign else fmt_number(value)
+
+
+def _published_cell(pub: Published) -> str:
+    """The published value as the paper gives it (± sd or ± 95% CI half-width)."""
+    cell = fmt_in_unit(pub.value, pub.unit)
+    if pub.sd is not None:
+        cell += f" ± {fmt_in_unit(pub.sd, pub.unit)} (sd)"
+    if pub.ci95 is not None:
+        cell += f" ± {fmt_in_unit(pub.ci95, pub.unit)} (95% CI)"
+    return cell
+
+
+def _ours_cell(comparison: Comparison) -> str:
+    """Our mean ± sd [95% CI] in the published number's units, or why there is none."""
+    pub, ours = comparison.published, comparison.ours
+    if comparison.row is None:
+        return "—"
+    if ours is None or ours["mean"] is None:
+        return "not recorded" if pub.metric.startswith("epoch_seconds") else "—"
+    if pub.metric.startswith("delta_m_pct"):
+        return fmt_in_unit(ours["mean"], pub.unit, sign=True)
+    spread = "—" if ours["std"] is None else fmt_in_unit(ours["std"], pub.unit)
+    interval = ("[—]" if ours["ci95"] is None else
+                f"[{fmt_in_unit(ours['ci95'][0], pub.unit)}, "
+                f"{fmt_in_unit(ours['ci95'][1], pub.unit)}]")
+    return f"{fmt_in_unit(ours['mean'], pub.unit)} ± {spread} {interval}"
+
+
+def _configuration_cell(comparison: Comparison) -> str:
+    """Our configuration's label (with the strategy settings that matched the published method
+    when the label leaves them out), or why none matched."""
+    pub, row = comparison.published, comparison.row
+    wanted = [f"{k}={v}" for k, v in pub.strategy_params.items()]
+    if row is not None:
+        missing = [w for w in wanted if w not in row.label.split(" ")]
+        return f"{row.label} ({' '.join(missing)})" if missing else row.label
+    if not pub.strategy:
+        return "— (not in mtlbench)"
+    tasks = (f" with task{'s' * (len(pub.our_tasks) > 1)} {', '.join(pub.our_tasks)}"
+             if pub.our_tasks else "")
+    data = f" on data={pub.data}" if comparison.by_data else ""
+    return f"— (no `{' '.join([pub.strategy, *wanted])}` run{tasks}{data})"
+
+
+def _task_cell(pub: Published) -> str:
+    ours = ",".join(pub.our_tasks)
+    return pub.task if not ours or ours == pub.task else f"{pub.task} → {ours}"
+
+
+def render_reference(name: str, comparisons: Sequence[Comparison], note: str) -> str:
+    """The markdown section: published numbers beside ours, sources, protocols and notes."""
+    shown = [c.published for c in comparisons]
+    parts = [f"## Published: `{name}` (beside our runs; not in the ranks or Δm% above)", "",
+             "*published*: the paper's numbers under its own protocol, not rerun here; *ours*: "
+             "the runs above, mean ± sample std [95% CI], in the paper's units (accuracy in %); "
+             "ours − published: difference of the means. A Δm% of ours is computed over the "
+             "named tasks against our single-task runs.", ""]
+    parts += [f"Source: {source}" for source in dict.fromkeys(p.source for p in shown)] + [""]
+    parts += [f"Protocol (data={data}): {protocol}"
+              for data, protocol in dict.fromkeys((p.data, p.protocol) for p in shown)] + [""]
+    if note:
+        parts += [note, ""]
+    header = ["method (published)", "task", "metric", "published", "our configuration",
+              "ours", "n", "ours − published"]
+    cells = [[c.published.method, _task_cell(c.published),
+              f"{c.published.metric} ({c.published.unit})", _published_cell(c.published),
+              _configuration_cell(c), _ours_cell(c),
+              str(c.ours["n"]) if c.row is not None and c.ours and c.ours["n"] else "—",
+              "—" if c.difference is None else fmt_in_unit(c.difference, c.published.unit,
+                                                           sign=True)]
+             for c in comparisons]
+    parts += [markdown_table(header, cells)]
+    notes = reference_notes(shown)
+    if notes:
+        parts += ["", "Notes:", *(f"- {note}" for note in notes)]
+    return "\n".join(parts)
+
+
+def reference_notes(shown: Sequence[Published]) -> list[str]:
+    """Each distinct note (the ``;``-separated parts of the ``note`` column) once: bare when it
+    concerns every number shown, prefixed with the tasks when it concerns every number of those
+    tasks, else with the methods it concerns."""
+    concerns: dict[str, list[Published]] = {}
+    for pub in shown:
+        for part in filter(None, (t.strip() for t in pub.note.split(";"))):
+            concerns.setdefault(part, []).append(pub)
+    notes = []
+    for part, pubs in concerns.items():
+        tasks = list(dict.fromkeys(p.task for p in pubs))
+        if len(pubs) == len(shown):
+            notes.append(part)
+        elif len(pubs) == sum(p.task in tasks for p in shown):
+            notes.append(f"{', '.join(tasks)}: {part}")
+        else:
+            notes.append(f"{', '.join(dict.fromkeys(p.method for p in pubs))}: {part}")
+    return notes
+
+
+def reference_records(name: str, comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:
+    """The comparisons as flat records (reference CSV lines and report.json)."""
+    records = []
+    for c in comparisons:
+        pub, ours = c.published, c.ours or {}
+        interval = ours.get("ci95") or (None, None)
+        records.append({
+            "reference": name, "source": pub.source, "data": pub.data, "method": pub.method,
+            "task": pub.task, "our_task": ",".join(pub.our_tasks), "metric": pub.metric,
+            "unit": pub.unit, "published": pub.value, "published_sd": pub.sd,
+            "published_ci95": pub.ci95, "strategy": pub.strategy,
+            "configuration": c.row.label if c.row else None, "ours_mean": ours.get("mean"),
+            "ours_std": ours.get("std"), "ours_ci95_lo": interval[0],
+            "ours_ci95_hi": interval[1], "ours_n": ours.get("n") if c.row else None,
+            "difference": c.difference})
+    return records
+
+
+def write_reference_csv(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    """``reference_<name>.csv``: one line per published number and configuration."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        if records:
+            writer.writerow(list(records[0]))
+        for record in records:
+            writer.writerow([_blank(v) for v in record.values()])
 
 
 # ----------------------------------------------------------------------------- plots
@@ -697,10 +1117,12 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``mtlbench report`` argument parser."""
     parser = argparse.ArgumentParser(
         prog="mtlbench report",
+        usage="mtlbench report [options] DIR [DIR ...]\n"
+              "       mtlbench report --list-references",
         description="Compare runs: per-task test metrics (mean ± std over seeds), Δm% versus the "
                     "single-task baselines found in the dirs, rank; writes report.md, report.csv, "
                     "report.json and PNG plots.")
-    parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR",
+    parser.add_argument("dirs", nargs="*", type=Path, metavar="DIR",
                         help="sweep or run directories, searched recursively")
     parser.add_argument("--out", type=Path, help="where to write the files (default: first DIR)")
     parser.add_argument("--pareto", nargs=2, metavar=("TASK_A", "TASK_B"),
@@ -708,6 +1130,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=("table", "json"), default="table",
                         help="stdout format (default: table)")
     parser.add_argument("--no-files", action="store_true", help="print only; write nothing")
+    parser.add_argument("--reference", metavar="NAME",
+                        help="show a shipped table of published numbers beside the runs "
+                             "(labelled published; never in the ranks or Δm%%); `list` (or "
+                             "--list-references) lists the tables")
+    parser.add_argument("--list-references", action="store_true",
+                        help="list the shipped tables of published numbers and exit")
     return parser
 
 
@@ -721,8 +1149,10 @@ def check_pareto_tasks(pareto: Sequence[str] | None, rows: Sequence[Row]) -> Non
 
 
 def make_report(dirs: Sequence[Path], out: Path | None, pareto: Sequence[str] | None,
-                write: bool) -> tuple[str, dict[str, Any]]:
-    """Read, aggregate, write the files; returns (markdown text, json document)."""
+                write: bool, reference: str | None = None) -> tuple[str, dict[str, Any]]:
+    """Read, aggregate, write the files; returns (markdown text, json document). ``reference``:
+    a shipped table of published numbers to show beside the runs (:func:`compare`)."""
+    check_reference(reference, allow_list=False)
     runs = collect_runs(dirs)
     kept, dropped = drop_duplicate_seeds([r for r in runs if r.status == "finished"])
     common = common_params(kept)
@@ -734,18 +1164,34 @@ def make_report(dirs: Sequence[Path], out: Path | None, pareto: Sequence[str] | 
               "counts": {s: sum(r.status == s for r in runs)
                          for s in ("finished", "failed", "unfinished")},
               "baselines": base, "files": []}
+    criteria = sorted({str(r.selected["criterion"]) for r in kept
+                       if r.selected and r.selected["criterion"] is not None})
+    if criteria:
+        report["selection_criteria"] = criteria
+    section, records, note = "", [], ""
+    if reference:
+        published, note, by_data = select_published(references.load(reference), kept)
+        comparisons = compare(published, rows, base, by_data)
+        section = render_reference(reference, comparisons, note)
+        records = reference_records(reference, comparisons)
     out = out or dirs[0]
     plots: list[Path] = []
     if write:
         out.mkdir(parents=True, exist_ok=True)
         plots = write_plots(out, rows, base, pareto) if rows else []
         report["files"] = [str(out / name) for name in ("report.md", "report.csv", "report.json")]
+        if reference:
+            report["files"].append(str(out / f"reference_{reference}.csv"))
         report["files"] += [str(p) for p in plots]
     problems = problems_of(runs, kept, dropped)
-    markdown = render_markdown(report, *table_rows(rows), problems, plots)
+    markdown = render_markdown(report, *table_rows(rows), problems, plots, section)
     document = as_json(report, rows, problems)
+    if reference:
+        document["reference"] = {"name": reference, "note": note or None, "rows": records}
     if write:
         write_csv(out / "report.csv", rows)
+        if reference:
+            write_reference_csv(out / f"reference_{reference}.csv", records)
         (out / "report.json").write_text(json.dumps(strict_json(document), indent=2,
                                                     default=str) + "\n")
         (out / "report.md").write_text(markdown)
@@ -761,9 +1207,17 @@ def written_line(files: Sequence[str]) -> str:
 def main(argv: list[str]) -> int:
     """``mtlbench report``: 0 on success, 1 on bad input (one line on stderr, no traceback).
     The report goes to stdout; where files were written, to stderr."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
-        markdown, document = make_report(args.dirs, args.out, args.pareto, not args.no_files)
+        check_reference(args.reference)
+        if args.list_references or args.reference == LIST_REFERENCES:
+            print(list_references(), end="")
+            return 0
+        if not args.dirs:
+            parser.error("the following arguments are required: DIR")
+        markdown, document = make_report(args.dirs, args.out, args.pareto, not args.no_files,
+                                         args.reference)
     except (ReportError, OSError) as exc:
         print(f"mtlbench report: {exc}", file=sys.stderr)
         return 1

@@ -330,7 +330,7 @@ def test_null_metric_is_missing_and_listed(tmp_path: Path,
     assert main([str(tmp_path), "--no-files"]) == 0
     table = capsys.readouterr().out
     assert f"**non-finite metric** `{bad}`" in table
-    assert "0.7 ± 0.1414 (n=2)" in table
+    assert "0.7 ± 0.1414 [-0.5706, 1.971] (n=2)" in table  # 95% CI of the two finite values
 
 
 def test_finished_run_stays_finished_beside_a_newer_error_json(
