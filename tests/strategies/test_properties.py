@@ -63,6 +63,9 @@ EXTRA = [
     ("gradnorm_ideal", {"rescale": "mean"}),
     ("gradnorm_ideal", {"params": "representation", "log_losses": True, "rescale": "max"}),
     ("gradnorm_ideal", {"heads": "unweighted"}),
+    ("config_grad", {"heads": "weighted"}),
+    ("gradvac", {"normalize": True, "heads": "weighted"}),
+    ("mgda", {"normalize": True, "heads": "weighted"}),
 ]
 VARIANTS = [(name, {}) for name in NAMES] + [(n, o) for n, o in EXTRA if n in NAMES]
 IDS = [name + "".join(f"[{k}={v}]" for k, v in o.items()) for name, o in VARIANTS]
