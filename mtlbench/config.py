@@ -76,6 +76,7 @@ class TrainerConfig:
     num_threads: int = 0
     retain_cpu_memory: bool = True
     report_metric: Optional[str] = None  # noqa: UP045
+    precision: str = "32"
     select: str = "last"
     select_metric: str = "mean_accuracy"
     select_reference: Optional[Dict[str, float]] = None  # noqa: UP006, UP045

@@ -153,6 +153,8 @@ def linear_gramian(layer_input: Tensor, grad_output: Tensor, bias: bool,
     a = layer_input.reshape(-1, layer_input.shape[-1])
     n, rows, fan_out = grad_output.shape[0], a.shape[0], grad_output.shape[-1]
     d = grad_output.reshape(n, rows, fan_out)
+    if a.dtype in (torch.bfloat16, torch.float16):  # autocast: products in float32 (the
+        a, d = a.float(), d.float()  # parameters' dtype), never accumulated in half precision
     if method == "direct":
         per_param = [torch.matmul(d.transpose(1, 2), a)] + ([d.sum(1)] if bias else [])
         return gramian(per_param), per_param

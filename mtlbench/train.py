@@ -37,6 +37,7 @@ from mtlbench.gradients import (
 )
 from mtlbench.instantiate import instantiate_group
 from mtlbench.models.multitask import MultiTaskModel, build_model
+from mtlbench.precision import Precision, build_precision
 from mtlbench.progress import Progress
 from mtlbench.schedulers import Schedule, build_scheduler
 from mtlbench.selection import Criterion, build_criterion
@@ -47,6 +48,8 @@ from mtlbench.tb import RunLogger, flatten_hparams
 from mtlbench.threads import apply_num_threads
 
 log = logging.getLogger("mtlbench")
+FULL_PRECISION = Precision()
+HALF = (torch.bfloat16, torch.float16)
 
 
 # ----------------------------------------------------------------------------- setup helpers
@@ -100,8 +103,10 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> Tensor:
 
 def task_losses(tasks: list[TaskSpec], outputs: dict[str, Tensor],
                 targets: dict[str, Tensor]) -> Tensor:
-    """The vector of transformed task losses [n], in task order."""
-    return torch.stack([t.loss(outputs[t.name], targets[t.name]) for t in tasks])
+    """The vector of transformed task losses [n], in task order, in float32 at least (outputs of
+    an autocast forward are bfloat16 / float16)."""
+    return torch.stack([t.loss(outputs[t.name].float() if outputs[t.name].dtype in HALF
+                               else outputs[t.name], targets[t.name]) for t in tasks])
 
 
 def gradient_params(model: MultiTaskModel, source: str) -> list[torch.nn.Parameter]:
@@ -149,50 +154,68 @@ def measure_losses(model: MultiTaskModel, data: MultiTaskData, batches: int, bat
 @dataclass
 class StepResult:
     """What one step leaves for logging: detached losses [n], effective weights [n], the
-    per-task gradient statistics (norms [n], Gramian [n, n]; None for loss-side strategies) and
-    whether the step was applied. Only statistics are kept, not the per-task gradients (which would
-    double peak memory across steps)."""
+    per-task gradient statistics (norms [n], Gramian [n, n]; None for loss-side strategies),
+    whether everything was finite, and whether the step was applied (``16-mixed``: a step whose
+    gradients overflowed the loss scale is skipped, not counted as a divergence). Only statistics
+    are kept, not the per-task gradients (which would double peak memory across steps)."""
 
     losses: Tensor
     weights: Tensor
     grads: GradientStats | None
     finite: bool
+    applied: bool = True
 
 
 def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[str, Tensor],
-               strategy: Strategy, optimizer: torch.optim.Optimizer) -> StepResult:
+               strategy: Strategy, optimizer: torch.optim.Optimizer,
+               precision: Precision | None = None) -> StepResult:
     """Forward, per-task losses, (gradient statistics), strategy weights, backward, optimizer step.
 
     One backward either way; a gradient-side strategy is asked for its weights inside it, when the
     gradient reaches the shared representation (:func:`mtlbench.gradients.weighted_backward`).
     One host sync: the finiteness check of the losses, weights and gradients (the ``.tolist()`` of
-    logging happens only at log steps, in :func:`log_step`).
+    logging happens only at log steps, in :func:`log_step`). ``precision``: autocast and, for
+    ``16-mixed``, loss scaling (:mod:`mtlbench.precision`); default float32.
     """
+    precision = precision or FULL_PRECISION
+    scaler, scale = precision.scaler, precision.scale()
     optimizer.zero_grad(set_to_none=True)
     stats = None
     if strategy.kind == "loss":
-        losses = task_losses(tasks, model(x)[1], y)
+        with precision.autocast():
+            outputs = model(x)[1]
+        losses = task_losses(tasks, outputs, y)
         weights = strategy.weights(losses.detach(), None).detach()
         if strategy.parameters():  # learned weights: their gradient comes from the objective
-            strategy.objective(losses).backward()
+            total = strategy.objective(losses)
         else:
-            (weights.to(losses.dtype) * losses).sum().backward()
+            total = (weights.to(losses.dtype) * losses).sum()
+        (total if scaler is None else scaler.scale(total)).backward()
     else:  # gramian or combiner: the per-task gradients are weighed inside the one backward
         names, source = [t.name for t in tasks], strategy.gradient_source
-        fwd = split_forward(model.backbone, model.heads, x, names, at_last_shared=(
-            source == "last_shared" and splits_at_last_shared(model.backbone)))
+        with precision.autocast():
+            fwd = split_forward(model.backbone, model.heads, x, names, at_last_shared=(
+                source == "last_shared" and splits_at_last_shared(model.backbone)))
         losses = task_losses(tasks, fwd.outputs, y)
         weights, grads = weighted_backward(
-            losses, fwd, gradient_params(model, source),
+            losses if scaler is None else scaler.scale(losses), fwd, gradient_params(model, source),
             [model.head_parameters(name) for name in names], model.shared_parameters(),
-            strategy_weigh(strategy, losses.detach()), covers_shared=source == "shared")
+            strategy_weigh(strategy, losses.detach(), scale), covers_shared=source == "shared")
         weights, stats = weights.detach(), grads.stats
         for part in parts(strategy)[1:]:  # a stacked loss weighting's learned parameters
             if part.parameters():
-                part.objective(losses.detach()).backward()
-    finite = all_finite([losses.detach(), weights, *(p.grad for group in optimizer.param_groups
-                                                     for p in group["params"]
-                                                     if p.grad is not None)])
+                objective = part.objective(losses.detach())
+                (objective if scaler is None else scaler.scale(objective)).backward()
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    grads_of = [p.grad for group in optimizer.param_groups for p in group["params"]
+                if p.grad is not None]
+    finite = all_finite([losses.detach(), weights, *grads_of])
+    if scaler is not None:
+        scaler.update()  # lowers S if unscale_ found a non-finite gradient
+        if not finite and all_finite([losses.detach()]):  # the gradients overflowed S (and the
+            return StepResult(  # weights derived from them with it)
+                losses.detach(), weights, stats, finite=True, applied=False)
     if finite:
         optimizer.step()
     return StepResult(losses.detach(), weights, stats, finite)
@@ -210,30 +233,44 @@ def all_finite(tensors: list[Tensor]) -> bool:
     return bool(torch.isfinite(total))
 
 
-def strategy_weigh(strategy: Strategy, losses: Tensor) -> Weigh:
+def strategy_weigh(strategy: Strategy, losses: Tensor, scale: float = 1.0) -> Weigh:
     """The strategy's answer to this step's per-task gradients, by kind: a Gramian weighting's
-    weights over their statistics (``GradientWeighting.decide``), or a combiner's shared update."""
+    weights over their statistics (``GradientWeighting.decide``), or a combiner's shared update.
+    ``scale``: the loss scale S the gradients carry (``16-mixed``); the strategy sees them
+    unscaled, and a combiner's update is scaled back by S (the optimizer unscales every .grad)."""
     def weigh(grads: TaskGradients) -> Decision:
+        stats = grads.stats if scale == 1.0 else GradientStats(
+            grads.stats.norms / scale, grads.stats.gramian / scale ** 2)
+        if scale != 1.0 and not bool(torch.isfinite(stats.gramian).all()):
+            nan = torch.full_like(losses, math.nan)  # overflowed S: the step is skipped anyway
+            return Decision(nan, None, [torch.zeros_like(g[0]) for g in grads.per_param] or None
+                            if isinstance(strategy, Combiner) else None)
         if isinstance(strategy, Combiner):
-            c = strategy.combine(losses, PerTaskGradients(grads.per_param, grads.stats))
-            return Decision(c.weights, c.head_weights, c.update)
+            per_param = grads.per_param if scale == 1.0 else [g / scale for g in grads.per_param]
+            c = strategy.combine(losses, PerTaskGradients(per_param, stats))
+            update = c.update if scale == 1.0 else [u * scale for u in c.update]
+            return Decision(c.weights, c.head_weights, update)
         assert isinstance(strategy, GradientWeighting)
-        return Decision(*strategy.decide(losses, grads.stats))
+        return Decision(*strategy.decide(losses, stats))
     return weigh
 
 
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(model: MultiTaskModel, tasks: list[TaskSpec], split: Split,
-             batch_size: int) -> dict[str, dict[str, float]]:
-    """Per task: ``loss`` (transformed training loss) and its metric, averaged over the split."""
+def evaluate(model: MultiTaskModel, tasks: list[TaskSpec], split: Split, batch_size: int,
+             precision: Precision | None = None) -> dict[str, dict[str, float]]:
+    """Per task: ``loss`` (transformed training loss) and its metric, averaged over the split
+    (forward passes under the run's autocast, losses and metrics in float32)."""
+    precision = precision or FULL_PRECISION
     model.eval()
     sums = {t.name: {"loss": 0.0, t.metric: 0.0} for t in tasks}
     n = len(split)
     for lo in range(0, n, batch_size):
         idx = torch.arange(lo, min(lo + batch_size, n), device=split.inputs.device)
         x, y = split.batch(idx)
-        outputs = model(x)[1]
+        with precision.autocast():
+            outputs = model(x)[1]
+        outputs = {name: out.float() for name, out in outputs.items()}
         for t in tasks:
             share = len(idx) / n
             sums[t.name]["loss"] += share * float(t.loss(outputs[t.name], y[t.name]))
@@ -304,6 +341,7 @@ def run(cfg: DictConfig, run_dir: Path, strategy_name: str, *, interactive: bool
         for part in parts(strategy):
             part.setup(context)
         optimizer = build_optimizer(cfg.optimizer, model, strategy)
+        precision = build_precision(tcfg.precision, device)
         per_epoch = steps_per_epoch(len(data.train), tcfg.batch_size)
         total = tcfg.max_steps if tcfg.max_steps is not None else tcfg.epochs * per_epoch
         schedule = build_scheduler(cfg.scheduler, optimizer, total, per_epoch)
@@ -327,7 +365,7 @@ def run(cfg: DictConfig, run_dir: Path, strategy_name: str, *, interactive: bool
             log.info("Starting over in %s: removed %s of an earlier attempt", run_dir,
                      prior.stale_summary())
         loop = Loop(cfg, run_dir, strategy_name, data, model, optimizer, schedule, strategy,
-                    values, total, per_epoch, criterion, best)
+                    values, total, per_epoch, precision, criterion, best)
         metrics = loop.train(start, counters, interactive)
         metrics.update(device=str(device), num_threads=threads)
         return finish(loop, metrics)
@@ -348,16 +386,19 @@ class Loop:
     config_values: dict[str, Any]
     total_steps: int
     per_epoch: int
+    precision: Precision
     #: ``trainer.select=best_val``: the criterion, and the best evaluation so far (``step``,
     #: ``value`` to minimize, ``model`` state); None with ``select=last``.
     criterion: Criterion | None = None
     best: dict[str, Any] | None = None
     seconds_before: float = 0.0
     started: float = 0.0
+    overflow: int = 0
 
     def save(self, step: int, skipped: int) -> Path:
         tcfg = self.cfg.trainer
-        counters = {"skipped_steps": skipped, "train_seconds": self.seconds()}
+        counters = {"skipped_steps": skipped, "train_seconds": self.seconds(),
+                    "overflow_steps": self.overflow}
         return checkpoint.save(self.run_dir, step, self.model, self.optimizer,
                                self.schedule.scheduler, self.strategy, keep=tcfg.keep_checkpoints,
                                counters=counters, config=self.config_values, selection=self.best)
@@ -382,7 +423,8 @@ class Loop:
         assert self.criterion is not None and self.best is not None
         tasks, tcfg = self.data.tasks, self.cfg.trainer
         self.model.load_state_dict(self.best["model"])
-        test = evaluate(self.model, tasks, self.data.test, tcfg.eval_batch_size)
+        test = evaluate(self.model, tasks, self.data.test, tcfg.eval_batch_size,
+                        self.precision)
         log_eval(self.logger, "test_selected", test, self.best["step"])
         log.info("Selected step %d of %d by %s = %.6g", self.best["step"], self.total_steps,
                  self.criterion.name, self.criterion.reported(self.best["value"]))
@@ -399,6 +441,7 @@ class Loop:
         cfg, tcfg, data = self.cfg, self.cfg.trainer, self.data
         tasks, names, device = data.tasks, [t.name for t in data.tasks], data.train.inputs.device
         skipped, val = counters.get("skipped_steps", 0), {}
+        self.overflow = int(counters.get("overflow_steps", 0))
         self.seconds_before, self.started = counters.get("train_seconds", 0.0), time.perf_counter()
         total, per_epoch = self.total_steps, self.per_epoch
         max_skipped = math.floor(tcfg.max_skip_fraction * total)
@@ -409,9 +452,13 @@ class Loop:
             for step in range(start, total):
                 idx = batch_indices(step, len(data.train), tcfg.batch_size, cfg.seed).to(device)
                 x, y = data.train.batch(idx)
-                result = train_step(self.model, tasks, x, y, self.strategy, self.optimizer)
+                result = train_step(self.model, tasks, x, y, self.strategy, self.optimizer,
+                                    self.precision)
+                if not result.applied:
+                    self.overflow += 1
+                    self.logger.writer.add_scalar("train/overflow_steps", self.overflow, step)
                 for part in parts(self.strategy):
-                    if result.finite:
+                    if result.finite and result.applied:
                         part.after_step(result.losses)
                     if (step + 1) % per_epoch == 0:
                         part.end_of_epoch(step // per_epoch)
@@ -426,7 +473,8 @@ class Loop:
                     self.logger.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"],
                                                   step)
                 if (step + 1) % eval_every == 0 or step + 1 == total:
-                    val = evaluate(self.model, tasks, data.val, tcfg.eval_batch_size)
+                    val = evaluate(self.model, tasks, data.val, tcfg.eval_batch_size,
+                                   self.precision)
                     log_eval(self.logger, "val", val, step + 1)
                     log.info("step %d/%d  val %s", step + 1, total, _brief(tasks, val))
                     self.consider(step + 1, val)
@@ -436,7 +484,7 @@ class Loop:
                 if interrupt.requested and step + 1 < total:
                     progress.close()
                     self.interrupted(step + 1, skipped)
-        test = evaluate(self.model, tasks, data.test, tcfg.eval_batch_size)
+        test = evaluate(self.model, tasks, data.test, tcfg.eval_batch_size, self.precision)
         log_eval(self.logger, "test", test, total)
         metrics = {
             "strategy": self.strategy_name,
@@ -448,6 +496,7 @@ class Loop:
             "val": val,
             "skipped_steps": skipped,
             "train_seconds": round(self.seconds(), 3),
+            **({"overflow_steps": self.overflow} if self.precision.scaler is not None else {}),
         }
         if self.criterion is not None:
             metrics.update(self.selected_test(test))

@@ -170,6 +170,8 @@ class GramianWeighting(GradientWeighting):
         and device); ``losses`` [n] are not read."""
         assert grads is not None, f"{self.name} needs gradient statistics"
         gramian = grads.gramian.detach().to(device="cpu", dtype=F64)
+        if not bool(torch.isfinite(gramian).all()):  # a non-finite gradient: no solver can weigh
+            return torch.full_like(losses, float("nan"))  # it; the loop reports the step
         gramian = 0.5 * (gramian + gramian.T)  # exactly symmetric for the solvers
         w = self.gramian_weights(gramian)
         if self.cr_mogm:  # smooth the weights on the gradients the method sees (g_i, or u_i)

@@ -1,0 +1,106 @@
+"""``trainer.precision``: bf16 autocast on the CPU for every strategy kind and gradient source;
+float16 with a gradient scaler whose factor no strategy ever sees; overflowed steps skipped (not a
+divergence) while the scale comes down; bad values in one line."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import compose_config
+from torch.testing import assert_close
+
+from mtlbench import train
+from mtlbench.errors import ConfigError
+from mtlbench.models.heads import make_head
+from mtlbench.models.mlp import MLPBackbone
+from mtlbench.models.multitask import MultiTaskModel
+from mtlbench.precision import Precision, build_precision
+from mtlbench.stats import GradientStats
+from mtlbench.strategies.base import GradientWeighting
+from mtlbench.strategies.equal import Equal
+from mtlbench.tasks import TaskSpec
+
+TINY = ["trainer.max_steps=4", "trainer.eval_every=2", "trainer.batch_size=32",
+        "data.n_train=256", "data.n_val=64", "data.n_test=64", "trainer.device=cpu"]
+TASKS = [TaskSpec("c", "classification", 4), TaskSpec("r", "regression", 2)]
+
+
+@pytest.mark.parametrize("strategy", ["equal", "uw", "gradnorm_ideal", "db_mtl", "upgrad",
+                                      "gradnorm_ideal strategy.params=last_shared",
+                                      "gradnorm_ideal strategy.params=representation"])
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_every_kind_and_source_trains_in_mixed_precision(strategy: str, precision: str,
+                                                         tmp_path) -> None:
+    name, *rest = strategy.split()
+    cfg = compose_config([f"strategy={name}", *rest, *TINY, f"trainer.precision={precision}"])
+    metrics = train.run(cfg, tmp_path / "run", name)
+    assert metrics["config"]["trainer.precision"] == precision
+    assert all(math.isfinite(v) for task in metrics["tasks"].values()
+               for k, v in task.items() if k != "kind")
+    assert ("overflow_steps" in metrics) == (precision == "16-mixed")
+
+
+def setup_model(seed: int = 0) -> tuple[MultiTaskModel, torch.Tensor, dict[str, torch.Tensor]]:
+    torch.manual_seed(seed)
+    backbone = MLPBackbone(input_shape=(6,), width=16, depth=2)
+    model = MultiTaskModel(backbone, {t.name: make_head(t, backbone.out_dim) for t in TASKS})
+    x = torch.randn(32, 6)
+    return model, x, {"c": torch.randint(0, 4, (32,)), "r": torch.randn(32, 2)}
+
+
+class Recorder(GradientWeighting):
+    """Equal weights; remembers the statistics it was given."""
+
+    def __init__(self, params: str = "shared") -> None:
+        self.gradient_source, self.seen = params, []
+
+    def weights(self, losses: torch.Tensor, grads: GradientStats | None = None) -> torch.Tensor:
+        assert grads is not None
+        self.seen.append(grads)
+        return torch.ones_like(losses)
+
+
+@pytest.mark.parametrize("params", ["shared", "last_shared", "representation"])
+def test_the_scale_factor_never_reaches_a_strategy(params: str) -> None:
+    """16-mixed at S = 2^16: the Gramian the strategy sees is the float32 one to float16
+    rounding, not S² times it; the applied gradients are unscaled too."""
+    grads, stats = {}, {}
+    for mode in ("32", "16-mixed"):
+        model, x, y = setup_model()
+        recorder = Recorder(params)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        result = train.train_step(model, TASKS, x, y, recorder, opt, build_precision(
+            mode, torch.device("cpu")))
+        assert result.finite and result.applied
+        stats[mode] = recorder.seen[0].gramian.double()
+        grads[mode] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert_close(stats["16-mixed"], stats["32"], rtol=2e-2, atol=1e-6)
+    assert_close(grads["16-mixed"], grads["32"], rtol=2e-2, atol=2e-3)
+
+
+def test_an_overflowing_scale_skips_the_step_and_comes_down() -> None:
+    """S = 2^40 overflows float16 in the backward: the step is not applied (parameters
+    unchanged), it is no divergence (finite), and S halves each time until steps apply."""
+    model, x, y = setup_model()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 40)
+    precision = Precision("16-mixed", "cpu", scaler)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    result = train.train_step(model, TASKS, x, y, Equal(), opt, precision)
+    assert result.finite and not result.applied
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert scaler.get_scale() == 2.0 ** 39
+    for _ in range(40):
+        result = train.train_step(model, TASKS, x, y, Equal(), opt, precision)
+        if result.applied:
+            break
+    assert result.applied and scaler.get_scale() <= 2.0 ** 24
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_bad_precision() -> None:
+    with pytest.raises(ConfigError, match=r"`trainer\.precision` must be one of 32, bf16-mixed, "
+                                          r"16-mixed\. Found `trainer\.precision = 8`\."):
+        build_precision("8", torch.device("cpu"))
