@@ -1,9 +1,11 @@
 """Per-step tax of the training loop: ``train_step`` with ``equal`` against the floor, a plain
 ``sum(losses).backward()`` + optimizer step on the same model and batch (interleaved rounds,
 medians, paired ratio), and the cost of the finiteness check alone (old ``max |g|`` through
-``get_total_norm(·, inf)`` vs the float64 sums of ``train.all_finite``).
+``get_total_norm(·, inf)``, the float64 sums of the previous ``train.all_finite``, and the fused
+check it uses now).
 
     python scripts/bench_step_tax.py [--tasks 2] [--width 256] [--input-dim 784] [--batch 256]
+    python scripts/bench_step_tax.py --backbone lenet          # MultiLeNet on 28x28 pairs
 """
 
 from __future__ import annotations
@@ -38,13 +40,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--backbone", choices=("mlp", "lenet"), default="mlp")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     tasks = [TaskSpec(name=f"t{i}", kind="classification", out_dim=10) for i in range(args.tasks)]
-    model = build_model({"_target_": "mtlbench.models.mlp.MLPBackbone", "width": args.width,
-                         "depth": args.depth, "head_hidden": 0}, (args.input_dim,), tasks)
-    x = torch.randn(args.batch, args.input_dim)
+    if args.backbone == "lenet":
+        shape: tuple[int, ...] = (1, 28, 28)
+        node = {"_target_": "mtlbench.models.lenet.LeNetBackbone", "head_layers": 2,
+                "head_hidden": 50}
+        label = "MultiLeNet 1x28x28"
+    else:
+        shape = (args.input_dim,)
+        node = {"_target_": "mtlbench.models.mlp.MLPBackbone", "width": args.width,
+                "depth": args.depth}
+        label = f"MLP {args.input_dim}-{args.width}x{args.depth}"
+    model = build_model(node, shape, tasks)
+    x = torch.randn(args.batch, *shape)
     y = {t.name: torch.randint(0, 10, (args.batch,)) for t in tasks}
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
     strategy = Equal()
@@ -69,9 +81,11 @@ def main() -> None:
     checks = {
         "check: max |g| (get_total_norm inf)": lambda: bool(torch.isfinite(
             torch.nn.utils.get_total_norm(grads, math.inf))),
-        "check: float64 sums (all_finite)": lambda: all_finite(grads),
+        "check: float64 sums (previous)": lambda: bool(torch.isfinite(torch.stack(
+            [g.sum(dtype=torch.float64) for g in grads]).sum())),
+        "check: fused (train.all_finite)": lambda: all_finite(grads),
     }
-    print(f"# MLP {args.input_dim}-{args.width}x{args.depth}, batch {args.batch}, n={args.tasks}, "
+    print(f"# {label}, batch {args.batch}, n={args.tasks}, "
           f"{args.threads} thread(s), torch {torch.__version__}; median of {args.rounds} "
           f"interleaved rounds x {args.steps} steps")
     floor_ms = times["floor (sum backward + Adam)"]
