@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, compose_config
 
 from mtlbench import references
 from mtlbench.report import ci95, main, t_quantile_975
@@ -188,8 +188,7 @@ def test_shipped_tables_map_onto_our_configs() -> None:
             assert set(pub.our_tasks) <= set(tasks["tasks"]), (name, pub)
             if pub.strategy:
                 assert pub.strategy in strategies, (name, pub.strategy)
-                config = yaml.safe_load((REPO / "conf" / "strategy" / f"{pub.strategy}.yaml")
-                                        .read_text())
+                config = compose_config([f"strategy={pub.strategy}"]).strategy  # presets too
                 assert set(pub.strategy_params) <= set(config), (name, pub)
             else:
                 assert not pub.strategy_params
