@@ -103,6 +103,10 @@ def register_configs() -> None:
 
     if not OmegaConf.has_resolver("mtlbench.new_dir"):
         OmegaConf.register_new_resolver("mtlbench.new_dir", new_dir, use_cache=True)
+    if not OmegaConf.has_resolver("mtlbench.parallel_jobs"):
+        from mtlbench.gpus import parallel_jobs
+
+        OmegaConf.register_new_resolver("mtlbench.parallel_jobs", parallel_jobs)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     for (group, name), schema in SCHEMAS.items():

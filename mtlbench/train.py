@@ -27,6 +27,7 @@ from mtlbench.config import validate
 from mtlbench.data import MultiTaskData, Split, build_data
 from mtlbench.errors import ConfigError, MtlbenchError, TrainingDiverged
 from mtlbench.files import write_json_atomic
+from mtlbench.gpus import claim_gpu
 from mtlbench.gradients import (
     Decision,
     TaskGradients,
@@ -54,9 +55,19 @@ HALF = (torch.bfloat16, torch.float16)
 
 # ----------------------------------------------------------------------------- setup helpers
 def resolve_device(name: str) -> torch.device:
-    """``auto`` → cuda if available, else cpu; anything else as given, if this machine has it."""
+    """``auto`` → cuda if available (with several GPUs: one claimed for this run alone,
+    :mod:`mtlbench.gpus`), else cpu; anything else as given, if this machine has it."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        count = torch.cuda.device_count()
+        if count < 2:
+            return torch.device("cuda")
+        index = claim_gpu(count)
+        torch.cuda.set_device(index)
+        log.info("GPU %d of %d claimed for this run (one job per GPU; mtlbench/gpus.py)", index,
+                 count)
+        return torch.device("cuda", index)
     device = torch.device(name)
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
