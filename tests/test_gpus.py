@@ -4,6 +4,7 @@ parallel launcher's job count follows the visible GPUs — all without a GPU, on
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -75,12 +76,10 @@ def test_auto_device_claims_a_gpu_when_there_are_several(tmp_path, monkeypatch) 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     chosen: list[int] = []
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
-    held = open(tmp_path / "gpu0.lock", "a+")  # another job holds GPU 0
-    import fcntl
-    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    try:
-        assert resolve_device("auto") == torch.device("cuda", 1) and chosen == [1]
-    finally:
-        held.close()
-        for handle in gpus._held:
-            handle.close()
+    with open(tmp_path / "gpu0.lock", "a+") as held:  # another job holds GPU 0
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            assert resolve_device("auto") == torch.device("cuda", 1) and chosen == [1]
+        finally:
+            for handle in gpus._held:
+                handle.close()
