@@ -50,6 +50,10 @@ Conventions (A = agree, D = differ; test that pins it):
   Σw = n, ``params=last_shared`` by default, heads w_i ∇L_i. For 2 tasks and one Adam step of size
   lr, the same L_grad gives mtlbench w = 1 ∓ lr, LibMTL w = 1 ∓ tanh(lr).
   ``test_gradnorm_two_steps``.
+- FAMO: A over two steps (w = z / (c D), one Adam step of the logits on consecutive steps' log-loss
+  decrease, heads weighted). ``test_famo_two_steps``.
+- IMTL (``strategy=imtl``, IMTL-G over IMTL-L's e^{s_i} L_i − s_i): A over two steps, the learned
+  s moving between them. ``test_imtl_two_steps``.
 - STCH (``strategy=stch``): its warm-up (epochs < ``STCH_warmup_epoch`` = 4, and the epoch equal to
   it, which also averages the losses into the nadir vector) back-propagates Σ log(L_i + 1e-20):
   w_i = 1/L_i, as ``strategy=realtime``; mtlbench floors a zero loss instead of adding 1e-20 (exact
@@ -416,6 +420,32 @@ def test_dwa_third_epoch() -> None:
     close(w, w_lib, 1e-12)
     close(shared, w_lib @ grads.g)
     assert_heads(head_grads, grads, w_lib)  # LibMTL back-propagates Σ w_i L_i: heads weighted
+
+
+def test_famo_two_steps() -> None:
+    """LibMTL's FAMO: w = z / (c D), z = softmax(ξ), D = L + 1e-8, c = Σ z/D; between steps ξ takes
+    one Adam step (lr 0.025, weight decay 1e-3) along J_softmax(ξ)ᵀ δ,
+    δ = log D_prev − log D_now."""
+    c = case(keep=("cls_k2", "cls_k10", "reg_x1"), seed=1)
+    strategy = make("famo", c)
+    xi = torch.zeros(3, dtype=F64)
+    previous = None
+    for lo in (0, 16):  # two batches, the model unchanged (lr 0)
+        grads = per_task(c, lo)
+        d = grads.losses + 1e-8
+        if previous is not None:
+            delta = previous.log() - d.log()
+            z = torch.softmax(xi, 0)
+            jac_t_delta = z * (delta - (z * delta).sum())  # J_softmax is symmetric
+            xi = xi + adam_first_step(jac_t_delta, 0.025)  # weight decay × ξ(0) = 0
+        z = torch.softmax(xi, 0)
+        w_lib = z / ((z / d).sum() * d)
+        w, shared, head_grads = step(c, strategy, lo=lo)
+        close(w, w_lib, 1e-9)
+        close(shared, w_lib @ grads.g, 1e-9)
+        assert_heads(head_grads, grads, w_lib, 1e-9)
+        previous = d
+    assert not torch.allclose(torch.softmax(xi, 0), torch.full((3,), 1 / 3, dtype=F64))
 
 
 def test_gradnorm_two_steps() -> None:
