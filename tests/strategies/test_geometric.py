@@ -72,3 +72,19 @@ def test_setup_and_state_dict_are_trivial():
 def test_invariance_claims():
     assert Geometric.scale_invariant is True
     assert Geometric.shift_invariant is False
+
+
+def test_weights_are_the_gradient_of_torchjds_geometric_mean() -> None:
+    """torchjd's ``GeometricMean`` scalarizer (GLS) is (Π L_i)^(1/n): its gradient is our
+    weights' direction (ours are ∂/∂L_i of that mean, up to the positive factor of eq. 7)."""
+    from torchjd.scalarization import GeometricMean
+
+    from mtlbench.strategies.geometric import Geometric
+
+    for seed in range(3):
+        gen = torch.Generator().manual_seed(seed)
+        losses = (torch.rand(4, generator=gen, dtype=torch.float64) * 5 + 0.01).requires_grad_()
+        (grad,) = torch.autograd.grad(GeometricMean()(losses), losses)
+        w = Geometric().weights(losses.detach())
+        ratio = w / grad
+        assert torch.allclose(ratio, ratio[0].expand(4), rtol=1e-12, atol=0), ratio

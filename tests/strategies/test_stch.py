@@ -183,3 +183,28 @@ def test_trains_end_to_end_and_resumes_exactly(tmp_path, at_step: int) -> None:
     assert state["epoch"] == 3 and state["count"] == 8 and state["nadir"].shape == (4,)  # 4 tasks
     full, resumed = killed_and_resumed(ARGS, "stch", tmp_path, at_step=at_step)
     assert resumed == full
+
+
+def test_after_warm_up_it_is_n_times_torchjds_stch_of_the_normalized_log_losses() -> None:
+    """torchjd's ``STCH`` scalarizer (μ log Σ exp(λ_i (f_i − z_i)/μ)) with λ = 1, z = 0 on
+    f_i = log(L_i / N_i): our objective is n times it, and our weights its gradient times n."""
+    from torchjd.scalarization import STCH as TorchjdSTCH
+
+    from mtlbench.strategies.base import SetupContext
+    from mtlbench.strategies.stch import STCH
+    from mtlbench.tasks import TaskSpec
+
+    tasks = [TaskSpec(f"t{i}", "regression", 1) for i in range(3)]
+    for mu in (0.1, 1.0, 3.0):
+        strategy = STCH(mu=mu, warmup_epoch=0)
+        strategy.setup(SetupContext(tasks=tasks))
+        strategy.after_step(torch.tensor([2.0, 0.5, 7.0], dtype=torch.float64))
+        strategy.end_of_epoch(0)
+        assert strategy.nadir is not None
+        losses = torch.tensor([1.5, 0.2, 9.0], dtype=torch.float64, requires_grad=True)
+        scalarizer = TorchjdSTCH(mu=mu, weights=torch.ones(3, dtype=torch.float64))
+        theirs = scalarizer((losses / strategy.nadir).log())
+        (grad,) = torch.autograd.grad(theirs, losses)
+        assert torch.allclose(strategy.objective(losses.detach()), 3 * theirs.detach(),
+                              rtol=1e-12)
+        assert torch.allclose(strategy.weights(losses.detach()), 3 * grad, rtol=1e-12)
