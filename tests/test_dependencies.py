@@ -43,3 +43,8 @@ def test_data_and_models_never_import_strategies() -> None:
     for folder in ("data", "models"):
         for name, found in modules(folder).items():
             assert not any(m.startswith("mtlbench.strategies") for m in found), name
+
+
+def test_checks_imports_only_the_errors() -> None:
+    """Strategies and models share their validators without depending on each other."""
+    assert imports_of(PACKAGE / "checks.py") <= {"mtlbench.errors", "mtlbench.errors.ConfigError"}

@@ -3,8 +3,7 @@
 
 Messages read ``Parameter `<name>` must be ... Found `<name> = <value>`.``; raised inside a
 backbone's constructor, :func:`mtlbench.instantiate.instantiate_group` prefixes the name with
-``model.``. (Models never import strategies; these mirror the ``check_*`` helpers of
-:mod:`mtlbench.strategies.base`.)
+``model.``. The generic ones live in :mod:`mtlbench.checks` (shared with the strategies).
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from mtlbench.checks import check_choice, check_int  # noqa: F401 - re-exported for the models
 from mtlbench.errors import ConfigError
 
 
@@ -23,15 +23,6 @@ def check_dropout(name: str, value: Any) -> float:
     return float(value)
 
 
-def check_int(name: str, value: Any, *, minimum: int) -> int:
-    """An integer ≥ ``minimum`` (booleans are not integers here)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(
-            f"Parameter `{name}` must be an integer >= {minimum}. Found `{name} = {value}`."
-        )
-    return value
-
-
 def check_optional_int(name: str, value: Any, *, minimum: int) -> int | None:
     """An integer ≥ ``minimum``, or None (null)."""
     if value is None:
@@ -40,12 +31,3 @@ def check_optional_int(name: str, value: Any, *, minimum: int) -> int | None:
         raise ConfigError(f"Parameter `{name}` must be an integer >= {minimum} or null. "
                           f"Found `{name} = {value}`.")
     return value
-
-
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    """One of ``choices``."""
-    if value not in choices:
-        raise ConfigError(
-            f"Parameter `{name}` must be one of {', '.join(choices)}. Found `{name} = {value}`."
-        )
-    return str(value)

@@ -28,6 +28,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mtlbench.checks import (  # noqa: F401 - re-exported: strategies import them from here
+    check_bool,
+    check_choice,
+    check_int,
+    check_positive,
+    check_real,
+)
 from mtlbench.errors import ConfigError
 from mtlbench.stats import (  # noqa: F401 - re-exported: strategies import them from here
     FLOAT32_SAFE_SQUARED_NORMS,
@@ -288,53 +295,9 @@ def finite_weights(weights: Tensor, like: Tensor) -> Tensor:
     return weights.clamp(max=torch.finfo(like.dtype).max).to(like.dtype)
 
 
-def check_real(name: str, value: Any, *, allow_inf: bool = False) -> float:
-    """Validate a real hyperparameter; returns it as float or raises a one-line
-    :class:`ConfigError`."""
-    accepted = "a real number or ±inf" if allow_inf else "a finite real number"
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"Parameter `{name}` must be {accepted}. Found `{name} = {value}`."
-        ) from None
-    if math.isnan(number) or (math.isinf(number) and not allow_inf) or isinstance(value, bool):
-        raise ConfigError(f"Parameter `{name}` must be {accepted}. Found `{name} = {value}`.")
-    return number
 
 
-def check_bool(name: str, value: Any) -> bool:
-    """Validate a boolean hyperparameter."""
-    if not isinstance(value, bool):
-        raise ConfigError(f"Parameter `{name}` must be true or false. Found `{name} = {value}`.")
-    return value
 
-
-def check_int(name: str, value: Any, *, minimum: int) -> int:
-    """Validate an integer hyperparameter ≥ ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(
-            f"Parameter `{name}` must be an integer >= {minimum}. Found `{name} = {value}`."
-        )
-    return value
-
-
-def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
-    """Validate a finite real hyperparameter > 0 (≥ 0 with ``allow_zero``)."""
-    number = check_real(name, value)
-    if number < 0 or (number == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"Parameter `{name}` must be {bound}. Found `{name} = {value}`.")
-    return number
-
-
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    """Validate a string hyperparameter against ``choices``."""
-    if value not in choices:
-        raise ConfigError(
-            f"Parameter `{name}` must be one of {', '.join(choices)}. Found `{name} = {value}`."
-        )
-    return str(value)
 
 
 def reference_losses(values: list[float], tasks: list[TaskSpec], what: str) -> Tensor:
