@@ -148,7 +148,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]
     return run_dir, base
 
 
-@pytest.mark.parametrize("args, message", [
+BAD_INPUT = [
     (["trainer.epochs=3"], "Set exactly one of `trainer.max_steps` and `trainer.epochs` (both "
                            "are set"),
     (["trainer.max_steps=null"], "(neither is set"),
@@ -162,7 +162,14 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]
     (["trainer.select=best_val", "trainer.select_metric=val/accuracy/nope"],
      "`trainer.select_metric` must be mean_accuracy, delta_m, or val/<metric>/<task>"),
     (["trainer.eval_every=weekly"], "`trainer.eval_every` must be an integer >= 1 or epoch."),
-])
+    (["trainer.precision=8"], "`trainer.precision` must be one of 32, bf16-mixed, 16-mixed."),
+]
+
+
+# two cases in the default suite; every case (each a CLI process) in the slow one
+@pytest.mark.parametrize("args, message", [
+    pytest.param(*case, marks=pytest.mark.slow) if i > 1 else case
+    for i, case in enumerate(BAD_INPUT)])
 def test_bad_protocol_input_is_one_line_and_leaves_a_finished_run_alone(
         finished: tuple[Path, list[str]], args: list[str], message: str) -> None:
     run_dir, base = finished
