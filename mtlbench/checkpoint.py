@@ -62,13 +62,14 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
          scheduler: Any, strategy: Any, keep: int, counters: dict[str, float] | None = None,
-         config: dict[str, Any] | None = None, selection: dict[str, Any] | None = None) -> Path:
+         config: dict[str, Any] | None = None, selection: dict[str, Any] | None = None,
+         scaler: dict[str, Any] | None = None) -> Path:
     """Write ``checkpoints/step_<step>.pt`` atomically and delete all but the newest ``keep``.
 
     ``counters``: the loop's own running counts (e.g. skipped steps), restored by :func:`restore`;
     ``config``: the result-affecting config values (:func:`mtlbench.rundir.result_config`), which a
     resume must match; ``selection``: ``trainer.select=best_val``'s best evaluation so far (step,
-    value, model state), or None.
+    value, model state), or None; ``scaler``: the float16 gradient scaler's state, or None.
     """
     state = {
         "step": step,
@@ -82,6 +83,7 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.opti
             strategy, "loss_weighting", None)) is not None else {}),
         "rng": _rng_state(),
         "selection": selection,
+        "scaler": scaler,
     }
     path = run_dir / CHECKPOINT_DIR / f"step_{step:08d}.pt"
     buffer = io.BytesIO()

@@ -378,6 +378,8 @@ def run(cfg: DictConfig, run_dir: Path, strategy_name: str, *, interactive: bool
             start, counters = checkpoint.restore(prior.checkpoint, prior.checkpoint_path, model,
                                                  optimizer, schedule.scheduler, strategy)
             best = prior.checkpoint.get("selection")
+            if precision.scaler is not None and prior.checkpoint.get("scaler"):
+                precision.scaler.load_state_dict(prior.checkpoint["scaler"])
         owned.claim(prior, config_files)
         log.info("CPU threads: %d (trainer.num_threads=%d)", threads, tcfg.num_threads)
         if start:
@@ -422,7 +424,9 @@ class Loop:
                     "overflow_steps": self.overflow}
         return checkpoint.save(self.run_dir, step, self.model, self.optimizer,
                                self.schedule.scheduler, self.strategy, keep=tcfg.keep_checkpoints,
-                               counters=counters, config=self.config_values, selection=self.best)
+                               counters=counters, config=self.config_values, selection=self.best,
+                               scaler=None if self.precision.scaler is None
+                               else self.precision.scaler.state_dict())
 
     def seconds(self) -> float:
         """Seconds spent in :meth:`train` by this run, earlier attempts that checkpointed included

@@ -104,3 +104,25 @@ def test_bad_precision() -> None:
     with pytest.raises(ConfigError, match=r"`trainer\.precision` must be one of 32, bf16-mixed, "
                                           r"16-mixed\. Found `trainer\.precision = 8`\."):
         build_precision("8", torch.device("cpu"))
+
+
+def test_float16_resume_is_exact(tmp_path, monkeypatch) -> None:
+    """The scaler's state is checkpointed: starting at S = 2^22 (two classification tasks), the
+    first five steps overflow and halve S; a run killed at step 4 resumes with the halved S (a
+    fresh scaler would overflow again and skip steps the uninterrupted run applied), so both end
+    with the same metrics."""
+    from conftest import killed_and_resumed
+
+    def high_start(mode: str, device: torch.device) -> Precision:
+        return Precision(mode, device.type, torch.amp.GradScaler(device.type,
+                                                                 init_scale=2.0 ** 22))
+
+    monkeypatch.setattr(train, "build_precision", high_start)
+    args = [*TINY, "trainer.max_steps=12", "trainer.checkpoint_every=4", "trainer.eval_every=4",
+            "trainer.precision=16-mixed", "strategy=gradnorm_ideal", "~data.tasks.reg_x100",
+            "~data.tasks.reg_x1"]
+    full, resumed = killed_and_resumed(args, "gradnorm_ideal", tmp_path, at_step=4)
+    assert resumed == full
+    from mtlbench import checkpoint
+    state = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "part")[-1][1])  # step 12
+    assert state["scaler"]["scale"] == 2.0 ** 17 and state["counters"]["overflow_steps"] == 5
