@@ -96,6 +96,8 @@ class Run:
     status: str
     strategy: str = "?"
     params: dict[str, str] = field(default_factory=dict)
+    #: ``strategy.*`` keys set on the command line (shown in the label, e.g. ``params=...``).
+    explicit: set[str] = field(default_factory=set)
     seed: int | None = None
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     error: str | None = None
@@ -189,6 +191,7 @@ def read_run(path: Path) -> Run:
     run.data = str(data) if data else None
     run.params = {k: v for k, v in overrides.items()
                   if k not in IGNORED_KEYS and not k.startswith("strategy.")}
+    run.explicit = {k for k in overrides if k.startswith("strategy.")}
     if isinstance(config.get("strategy"), dict):
         run.params.update(_flatten(config["strategy"], "strategy"))
     seed = overrides.get("seed", config.get("seed"))
@@ -337,8 +340,10 @@ def common_params(runs: Sequence[Run]) -> dict[str, str]:
 
 def varying_strategy_params(runs: Sequence[Run]) -> dict[str, set[str]]:
     """Per strategy, the ``strategy.*`` keys whose value differs between its runs (e.g. ``gamma``
-    in a γ sweep) or that only some of its runs have (a setting added to the strategy between
-    runs); the others are that strategy's fixed defaults and stay out of its label."""
+    in a γ sweep), that only some of its runs have (a setting added to the strategy between runs),
+    or that a run set on its command line (``++strategy.params=representation``: the label says
+    MGDA-UB, not MGDA); the others are that strategy's fixed defaults and stay out of its
+    label."""
     values: dict[str, dict[str, set[str]]] = {}
     counts: dict[str, dict[str, int]] = {}
     totals: dict[str, int] = {}
@@ -349,8 +354,12 @@ def varying_strategy_params(runs: Sequence[Run]) -> dict[str, set[str]]:
                 values.setdefault(run.strategy, {}).setdefault(key, set()).add(value)
                 count = counts.setdefault(run.strategy, {})
                 count[key] = count.get(key, 0) + 1
+    explicit: dict[str, set[str]] = {}
+    for run in runs:
+        explicit.setdefault(run.strategy, set()).update(run.explicit)
     return {strategy: {k for k, v in keys.items()
-                       if len(v) > 1 or counts[strategy][k] < totals[strategy]}
+                       if len(v) > 1 or counts[strategy][k] < totals[strategy]
+                       or k in explicit.get(strategy, set())}
             for strategy, keys in values.items()}
 
 

@@ -342,3 +342,17 @@ def test_finished_run_stays_finished_beside_a_newer_error_json(
     assert document["counts"] == {"finished": 1, "failed": 1, "unfinished": 0}
     assert [Path(p["path"]) for p in document["problems"]] == [failed]
     assert rows_by_label(document)["equal"]["seeds"] == [0]
+
+
+def test_a_strategy_setting_given_on_the_command_line_is_in_the_label(tmp_path: Path,
+                                                                     capsys) -> None:
+    """``strategy=mgda ++strategy.params=representation`` is MGDA-UB: its label says so even when
+    no other mgda run differs from it (a fixed default stays out of the label)."""
+    root = tmp_path / "ub"
+    for seed in (0, 1):
+        make_job(root, f"{seed}_mgda", "mgda", seed, {"cls": 0.8 + seed / 100},
+                 params={"params": "representation", "max_iters": 100},
+                 overrides=["++strategy.params=representation"])
+        make_job(root, f"{seed}_equal", "equal", seed, {"cls": 0.7}, params={"eps": 1e-8})
+    labels = set(rows_by_label(report_json(capsys, str(root))))
+    assert labels == {"mgda params=representation", "equal"}
