@@ -57,7 +57,7 @@ OFFLINE = {
     "recon_fashion_mnist": ["data.source=mnist5k", "scheduler.milestones=[1]", "strategy=cagrad",
                             "strategy.c=0.2"],
     "moo_multifashion": [],
-    "sk_multimnist": ["data.source=mnist5k", "scheduler.step_size=1"],
+    "sk_multimnist": ["data.source=mnist5k", "scheduler.milestones=[1]"],
 }
 
 

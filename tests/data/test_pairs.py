@@ -341,9 +341,10 @@ def test_sk_multimnist_preset_is_the_published_protocol() -> None:
     assert cfg.optimizer.lr == 0.01 and cfg.optimizer.momentum == 0.9
     t = cfg.trainer
     assert t.batch_size == 256 and t.epochs == 100 and t.max_steps is None
-    assert cfg.scheduler._target_ == "torch.optim.lr_scheduler.StepLR"
-    assert (cfg.scheduler.interval, cfg.scheduler.step_size, cfg.scheduler.gamma) == (
-        "epoch", 30, 0.5)
+    # the authors' code: lr x0.85 before epochs 9, 19, ..., 99 (0-based)
+    assert cfg.scheduler._target_ == "torch.optim.lr_scheduler.MultiStepLR"
+    assert cfg.scheduler.interval == "epoch" and cfg.scheduler.gamma == 0.85
+    assert list(cfg.scheduler.milestones) == [e for e in range(100) if (e + 1) % 10 == 0]
 
 
 @needs_mnist5k
@@ -351,7 +352,7 @@ def test_sk_multimnist_smoke_run_offline(tmp_path: Path) -> None:
     cfg = compose_config(["experiment=sk_multimnist", "data.source=mnist5k",
                           "data.download=false", f"data.cache_dir={tmp_path}", "data.n_train=512",
                           "data.n_val=64", "data.n_test=64", "trainer.epochs=2",
-                          "trainer.eval_every=2", "scheduler.step_size=1",
+                          "trainer.eval_every=2", "scheduler.milestones=[1]",
                           "trainer.device=cpu"])
     metrics = run(cfg, tmp_path / "run", "equal")
     assert set(metrics["tasks"]) == {"left", "right"}
