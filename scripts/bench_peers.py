@@ -81,7 +81,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import torch
-from bench_strategies import prepare
+from bench_strategies import cpu_model, prepare
 from torch import Tensor
 from torchjd.aggregation import Mean, UPGrad, UPGradWeighting
 from torchjd.autogram import Engine
@@ -498,15 +498,6 @@ def bench(args: argparse.Namespace, p: Problem) -> Result:
 
 
 # ----------------------------------------------------------------------------- report
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor() or "unknown CPU"
 
 
 def header(args: argparse.Namespace, retained: bool) -> str:
