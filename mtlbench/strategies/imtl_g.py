@@ -33,7 +33,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mtlbench.strategies.base import Strategy
 from mtlbench.strategies.gramian_weighting import GramianWeighting
 
 
@@ -44,11 +43,8 @@ class IMTLG(GramianWeighting):
     nonnegative_weights = False
     via_cosines = True
 
-    def __init__(self, *, params: str = "shared", normalize: bool = False,
-                 heads: str = "weighted", cr_mogm: float = 0.0,
-                 loss_weighting: Strategy | None = None) -> None:
-        super().__init__(params=params, normalize=normalize, heads=heads, cr_mogm=cr_mogm,
-                         loss_weighting=loss_weighting)
+    # no hyperparameters of its own: GramianWeighting.__init__ (params, normalize, heads,
+    # cr_mogm, loss_weighting)
 
     def build(self) -> Any:
         from torchjd.aggregation import IMTLGWeighting

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from mtlbench.strategies.base import Strategy
 from mtlbench.strategies.gramian_weighting import GramianWeighting
 
 
@@ -38,11 +37,8 @@ class PCGrad(GramianWeighting):
     name = "pcgrad"
     deterministic = False
 
-    def __init__(self, *, params: str = "shared", normalize: bool = False,
-                 heads: str = "weighted", cr_mogm: float = 0.0,
-                 loss_weighting: Strategy | None = None) -> None:
-        super().__init__(params=params, normalize=normalize, heads=heads, cr_mogm=cr_mogm,
-                         loss_weighting=loss_weighting)
+    # no hyperparameters of its own: GramianWeighting.__init__ (params, normalize, heads,
+    # cr_mogm, loss_weighting)
 
     def build(self) -> Any:
         from torchjd.aggregation import PCGradWeighting
