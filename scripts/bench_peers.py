@@ -1,5 +1,7 @@
-"""One optimizer step of mtlbench's per-task-gradient strategies against its peers, on the same
-model and batch, in one process: interleaved rounds, medians, paired ratios to a floor.
+"""Step time and memory of mtlbench's per-task-gradient strategies against their peers.
+
+One optimizer step per case, on the same model and batch, in one process: interleaved rounds,
+medians, paired ratios to a floor.
 
 Every case (row) owns a copy of one seeded model (same initial weights) and an Adam optimizer
 (lr 1e-4, as ``bench_strategies.prepare``) and trains on the same seeded synthetic batch: n
