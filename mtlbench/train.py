@@ -247,7 +247,7 @@ def all_finite(tensors: list[Tensor]) -> bool:
             torch._amp_foreach_non_finite_check_and_unscale_(
                 [t for t in tensors if t.device == device], found, torch.ones(1, device=device))
             flags.append(found)
-        return not bool(sum(f.item() for f in flags)) if len(flags) > 1 else not bool(flags[0])
+        return not any(bool(flag) for flag in flags)
     except (RuntimeError, NotImplementedError):  # e.g. a backend without the kernel
         dtype = wide(tensors[0])  # float64; float32 on MPS (which has no float64)
         total = torch.stack([t.sum(dtype=dtype) for t in tensors]).sum()
@@ -263,9 +263,8 @@ def strategy_weigh(strategy: Strategy, losses: Tensor, scale: float = 1.0) -> We
         stats = grads.stats if scale == 1.0 else GradientStats(
             grads.stats.norms / scale, grads.stats.gramian / scale ** 2)
         if scale != 1.0 and not bool(torch.isfinite(stats.gramian).all()):
-            nan = torch.full_like(losses, math.nan)  # overflowed S: the step is skipped anyway
-            return Decision(nan, None, [torch.zeros_like(g[0]) for g in grads.per_param] or None
-                            if isinstance(strategy, Combiner) else None)
+            # the gradients overflowed S: NaN weights, and the step is skipped as an overflow
+            return Decision(torch.full_like(losses, math.nan), None)
         if isinstance(strategy, Combiner):
             per_param = grads.per_param if scale == 1.0 else [g / scale for g in grads.per_param]
             c = strategy.combine(losses, PerTaskGradients(per_param, stats))
