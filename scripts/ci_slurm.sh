@@ -40,7 +40,7 @@ cleanup() {
     find "$WORK/sweep/.submitit" -name '*.err' -exec sh -c 'echo "--- $1"; tail -15 "$1"' _ {} \; \
       2>/dev/null || true
   fi
-  log "work dir kept for inspection: $WORK"
+  if ((rc != 0)); then log "work dir kept for inspection: $WORK"; else rm -rf "$WORK"; fi
   exit $rc
 }
 trap cleanup EXIT
