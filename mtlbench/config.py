@@ -55,7 +55,9 @@ class TrainerConfig:
 
     The run's length is ``max_steps`` or ``epochs`` (× ``len(train) // batch_size`` steps): exactly
     one is set. ``eval_every``: steps between validations, or ``epoch``. ``select``: ``last`` or
-    ``best_val`` (``mtlbench.selection``).
+    ``best_val`` (``mtlbench.selection``). ``gradient_engine`` (``auto|loop|batched``) and
+    ``linear_gramian`` (``auto|direct|kernel``): how per-task gradients over the shared
+    parameters are computed (``mtlbench.gradients.GradientEngine``; exact either way).
     """
 
     max_steps: Optional[int] = 300  # noqa: UP045
@@ -77,6 +79,8 @@ class TrainerConfig:
     retain_cpu_memory: bool = True
     report_metric: Optional[str] = None  # noqa: UP045
     precision: str = "32"
+    gradient_engine: str = "auto"
+    linear_gramian: str = "auto"
     select: str = "last"
     select_metric: str = "mean_accuracy"
     select_reference: Optional[Dict[str, float]] = None  # noqa: UP006, UP045
@@ -159,6 +163,8 @@ def validate(cfg: DictConfig) -> None:
     _choice("trainer.progress", t.progress, ("auto", "on", "off"))
     _choice("trainer.resume", t.resume, ("auto", "fresh"))
     _choice("trainer.on_nonfinite", t.on_nonfinite, ("error", "skip_step"))
+    _choice("trainer.gradient_engine", t.gradient_engine, ("auto", "loop", "batched"))
+    _choice("trainer.linear_gramian", t.linear_gramian, ("auto", "direct", "kernel"))
     lr = cfg.optimizer.get("lr")
     if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ConfigError(

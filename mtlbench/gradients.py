@@ -14,8 +14,11 @@ on s (which runs once every ∂L_t/∂s is in, before the gradient enters the ba
 * ``last_shared``: statistics of the layer's per-task gradients from its input A and the
   ∂L_i/∂u (:func:`linear_gramian`: either the n gradients D_iᵀA, or, when cheaper, the B×B kernel
   A Aᵀ without forming them); without ``trunk``/``tail`` a batched VJP from z instead;
-* ``shared``: per-task gradients on every backbone parameter, by one batched vector-Jacobian product
-  from z (``is_grads_batched``: n backward passes' worth of arithmetic in one call, no Python loop),
+* ``shared``: per-task gradients on every backbone parameter, by n vector-Jacobian products from z
+  (:class:`GradientEngine`: a loop of ``autograd.grad`` calls or one batched call), where for each
+  ``nn.Linear`` whose batch is small against its width the products stop at the layer's output
+  gradients D_i and its Gramian block comes from the B×B kernel of its input (no per-task weight
+  gradient formed; :func:`linear_gramian`), chosen per layer by a multiply-add count,
 
 asks the strategy for its :class:`Decision` (weights w_i, head weights, or a whole shared update),
 and sends Σ_i w_i ∂L_i/∂s on into the backbone — so every
@@ -29,12 +32,56 @@ backward and are scaled by w_i afterwards.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from mtlbench.stats import GradientStats, float32_is_safe, wide
+
+
+@dataclass(frozen=True)
+class GradientEngine:
+    """How the per-task gradients over the shared parameters are computed
+    (``trainer.gradient_engine``, ``trainer.linear_gramian``); every choice is exact, they differ
+    in time, memory and float rounding only.
+
+    Attributes:
+        traversal: ``loop``: n ``autograd.grad`` calls from z (``retain_graph`` but for the last);
+            ``batched``: one call with ``is_grads_batched`` (vmap over the backward); ``auto``:
+            ``loop`` on the CPU, where the batched call was slower on every model measured
+            (``scripts/bench_peers.py``), ``batched`` on accelerators (one kernel launch per
+            operation for all n tasks).
+        linear: for each ``nn.Linear`` of the backbone (called once per forward, all its
+            parameters shared and trained): ``direct`` (per-task weight gradients D_iᵀA),
+            ``kernel`` (Gramian block ⟨D_i, (AAᵀ + 11ᵀ) D_j⟩ and update (Σ_i w_i D_i)ᵀA, no
+            per-task weight gradient), or ``auto``: whichever :func:`linear_method` counts fewer
+            multiply-adds for. Only for Gramian weightings (a combiner receives every gradient).
+    """
+
+    traversal: str = "auto"
+    linear: str = "auto"
+
+    def resolved(self, device: torch.device) -> GradientEngine:
+        """``auto`` traversal made concrete for ``device``."""
+        if self.traversal != "auto":
+            return self
+        return GradientEngine("loop" if device.type == "cpu" else "batched", self.linear)
+
+
+@dataclass
+class LinearCall:
+    """One call of an ``nn.Linear`` of the backbone in a forward pass: its input A, output u and
+    their versions then (an in-place change afterwards makes the call unusable for the kernel)."""
+
+    name: str
+    module: nn.Linear
+    input: Tensor
+    output: Tensor
+    versions: tuple[int, int]
+
+    def unchanged(self) -> bool:
+        return (self.input._version, self.output._version) == self.versions
 
 
 @dataclass
@@ -46,12 +93,15 @@ class BranchedForward:
         aliases: one alias of ``at`` per task (task order).
         outputs: each task's head output.
         layer_input: the last shared layer's input A when ``at`` is its output, else None.
+        linear_calls: with ``capture_linear``, the backbone's ``nn.Linear`` layers called exactly
+            once in this forward (candidates of :attr:`GradientEngine.linear`).
     """
 
     at: Tensor
     aliases: list[Tensor]
     outputs: dict[str, Tensor]
     layer_input: Tensor | None = None
+    linear_calls: list[LinearCall] = field(default_factory=list)
 
 
 @dataclass
@@ -66,11 +116,14 @@ class TaskGradients:
             [n, *p.shape] (empty for ``representation``, and for ``last_shared`` when the Gramian
             came from the B×B kernel).
         stats: norms and Gramian of the per-task gradients over the source.
+        kernel_layers: the ``nn.Linear`` layers whose Gramian block came from the B×B kernel
+            (``per_param`` is then empty).
     """
 
     at_branch: Tensor
     per_param: list[Tensor]
     stats: GradientStats
+    kernel_layers: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -103,10 +156,30 @@ def splits_at_last_shared(backbone: nn.Module) -> bool:
 
 
 def split_forward(backbone: nn.Module, heads: Mapping[str, nn.Module], x: Tensor,
-                  names: list[str], at_last_shared: bool = False) -> BranchedForward:
+                  names: list[str], at_last_shared: bool = False,
+                  capture_linear: bool = False) -> BranchedForward:
     """Forward pass with one alias per task of z = backbone(x) or, with ``at_last_shared``, of
     u = last_shared(trunk(x)) (then z_t = tail(u_t) per task). Numerically identical to
-    ``model(x)``."""
+    ``model(x)``. ``capture_linear``: also record the input and output of each ``nn.Linear`` of the
+    backbone (forward hooks, removed before returning)."""
+    if capture_linear and not at_last_shared:
+        calls: dict[str, list[LinearCall]] = {}
+
+        def recorder(name: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
+            def record(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+                a = inputs[0]
+                calls.setdefault(name, []).append(
+                    LinearCall(name, module, a, output, (a._version, output._version)))
+            return record
+        handles = [module.register_forward_hook(recorder(name))
+                   for name, module in backbone.named_modules() if isinstance(module, nn.Linear)]
+        try:
+            fwd = split_forward(backbone, heads, x, names)
+        finally:
+            for handle in handles:
+                handle.remove()
+        fwd.linear_calls = [found[0] for found in calls.values() if len(found) == 1]
+        return fwd
     if at_last_shared:
         layer_input = backbone.trunk(x)
         at = backbone.last_shared(layer_input)
@@ -120,13 +193,56 @@ def split_forward(backbone: nn.Module, heads: Mapping[str, nn.Module], x: Tensor
     return BranchedForward(at, aliases, outputs, layer_input)
 
 
-def parameter_gradients(z: Tensor, grad_z: Tensor, params: list[nn.Parameter]) -> list[Tensor]:
-    """Per-task gradients on ``params`` [n, *p.shape] from ∂L_i/∂z [n, *z.shape] by one batched VJP
-    through z (``is_grads_batched``: vmap over the backward; no Python loop over tasks)."""
-    grads = torch.autograd.grad(z, params, grad_outputs=grad_z, is_grads_batched=True,
-                                retain_graph=True, allow_unused=True)
-    return [torch.zeros((grad_z.shape[0], *p.shape), dtype=p.dtype, device=p.device) if g is None
-            else g for p, g in zip(params, grads, strict=True)]
+def task_vjps(z: Tensor, grad_z: Tensor, targets: list[Tensor], traversal: str,
+              retain_graph: bool = True) -> list[Tensor]:
+    """Per-task gradients on ``targets`` [n, *t.shape] from ∂L_i/∂z [n, *z.shape]: n vector-Jacobian
+    products through z, as a Python ``loop`` of ``autograd.grad`` calls (each result copied into
+    its row) or one ``batched`` call (``is_grads_batched``: vmap over the backward). A target z
+    does not reach gets zeros. ``retain_graph=False`` frees the graph with the last product."""
+    n = grad_z.shape[0]
+    if traversal == "batched":
+        grads = list(torch.autograd.grad(z, targets, grad_outputs=grad_z, is_grads_batched=True,
+                                         retain_graph=retain_graph, allow_unused=True))
+    else:
+        assert traversal == "loop", traversal
+        rows = [list(torch.autograd.grad(z, targets, grad_outputs=grad_z[i], allow_unused=True,
+                                         retain_graph=retain_graph or i + 1 < n))
+                for i in range(n)]
+        grads = []
+        for k in range(len(targets)):
+            grads.append(None if rows[0][k] is None else torch.stack([row[k] for row in rows]))
+            for row in rows:  # each task's copy is freed once stacked
+                row[k] = None
+    return [torch.zeros((n, *t.shape), dtype=t.dtype, device=t.device) if g is None else g
+            for t, g in zip(targets, grads, strict=True)]
+
+
+def kernel_layers(calls: list[LinearCall], params: list[nn.Parameter], n: int,
+                  policy: str) -> list[LinearCall]:
+    """The linear layers whose Gramian block and update come from the B×B kernel
+    (:attr:`GradientEngine.linear`): layers called once, unchanged in place since, whose
+    parameters are all among ``params``; with ``auto``, where :func:`linear_method` says so."""
+    if policy == "direct":
+        return []
+    ids = {id(p) for p in params}
+    chosen = []
+    for call in calls:
+        own = list(call.module.parameters())
+        if not (own and all(id(p) in ids for p in own) and call.unchanged()
+                and call.output.requires_grad):
+            continue
+        if policy == "kernel" or linear_method(call.input, n, call.output.shape[-1]) == "kernel":
+            chosen.append(call)
+    return chosen
+
+
+def linear_update(call: LinearCall, grad_output: Tensor, weights: Tensor) -> list[Tensor]:
+    """Σ_i w_i ∇L_i on a linear layer's [weight, (bias)] from its input A and the per-task output
+    gradients D_i [n, ..., out]: with D = Σ_i w_i D_i, (Dᵀ A, Dᵀ 1), in the parameters' dtype."""
+    weight = call.module.weight
+    a = call.input.reshape(-1, call.input.shape[-1]).to(weight.dtype)
+    d = weighted_sum(weights, list(grad_output)).reshape(a.shape[0], -1).to(weight.dtype)
+    return [d.T @ a] + ([d.sum(0)] if call.module.bias is not None else [])
 
 
 def linear_gramian(layer_input: Tensor, grad_output: Tensor, bias: bool,
@@ -153,8 +269,9 @@ def linear_gramian(layer_input: Tensor, grad_output: Tensor, bias: bool,
     a = layer_input.reshape(-1, layer_input.shape[-1])
     n, rows, fan_out = grad_output.shape[0], a.shape[0], grad_output.shape[-1]
     d = grad_output.reshape(n, rows, fan_out)
-    if a.dtype in (torch.bfloat16, torch.float16):  # autocast: products in float32 (the
-        a, d = a.float(), d.float()  # parameters' dtype), never accumulated in half precision
+    half = (torch.bfloat16, torch.float16)
+    if a.dtype in half or d.dtype in half:  # autocast: products in float32 (the parameters'
+        a, d = a.float(), d.float()  # dtype), never accumulated in half precision
     if method == "direct":
         per_param = [torch.matmul(d.transpose(1, 2), a)] + ([d.sum(1)] if bias else [])
         return gramian(per_param), per_param
@@ -222,7 +339,8 @@ def stats_from_gramian(gram: Tensor) -> GradientStats:
 
 def weighted_backward(losses: Tensor, fwd: BranchedForward, params: list[nn.Parameter],
                       heads: list[list[nn.Parameter]], shared: list[nn.Parameter], weigh: Weigh,
-                      covers_shared: bool = False) -> tuple[Tensor, TaskGradients]:
+                      covers_shared: bool = False,
+                      engine: GradientEngine = GradientEngine()) -> tuple[Tensor, TaskGradients]:
     """One backward of Σ_i w_i L_i with w chosen from this step's per-task gradients (module doc).
 
     Args:
@@ -233,17 +351,22 @@ def weighted_backward(losses: Tensor, fwd: BranchedForward, params: list[nn.Para
         weigh: the strategy's decision, called once inside the backward (see :data:`Weigh`).
         covers_shared: ``params`` are all the backbone parameters: their update is formed from
             the per-task gradients and the backward stops at z.
+        engine: how the per-task gradients over ``params`` are computed (the kernel path for
+            linear layers needs ``fwd.linear_calls`` and ``covers_shared``).
     Returns:
         the shared weights [n] and the per-task gradients they were chosen from. Afterwards the
         backbone's ``.grad`` holds Σ_i w_i ∇L_i (or the strategy's update) and head i's holds
         h_i ∇L_i (the decision's head weights; ∇L_i if None).
     """
     at, aliases, layer_input = fwd.at, fwd.aliases, fwd.layer_input
-    method = (linear_method(layer_input, len(aliases), at.shape[-1]) if layer_input is not None
-              else "vjp")
+    engine = engine.resolved(at.device)
+    method = "vjp"
+    if layer_input is not None:  # the last shared layer, split at its output
+        method = (linear_method(layer_input, len(aliases), at.shape[-1])
+                  if engine.linear == "auto" else engine.linear)
     alias_grads: list[Tensor | None] = [None] * len(aliases)
     found: list[tuple[Decision, TaskGradients]] = []
-    visited: list[bool] = []  # z's hook runs again inside the batched VJP of parameter_gradients
+    visited: list[bool] = []  # z's hook runs again inside the VJPs of task_vjps
 
     def keep(i: int) -> Callable[[Tensor], None]:
         return lambda g: alias_grads.__setitem__(i, g)
@@ -255,18 +378,40 @@ def weighted_backward(losses: Tensor, fwd: BranchedForward, params: list[nn.Para
         visited.append(True)
         parts = [torch.zeros_like(at) if g is None else g for g in alias_grads]
         grad_at = torch.stack(parts)
+        kernel: list[LinearCall] = []
+        direct, outputs_grads = params, []
         if layer_input is not None:
             gram, per_param = linear_gramian(layer_input, grad_at, len(params) > 1, method)
+        elif params:
+            if covers_shared:
+                kernel = kernel_layers(fwd.linear_calls, params, len(parts), engine.linear)
+            in_kernel = {id(p) for call in kernel for p in call.module.parameters()}
+            direct = [p for p in params if id(p) not in in_kernel]
+            found_grads = task_vjps(at, grad_at, direct + [call.output for call in kernel],
+                                    engine.traversal, retain_graph=not covers_shared)
+            per_param, outputs_grads = found_grads[:len(direct)], found_grads[len(direct):]
+            blocks = [gramian(per_param)] if per_param else []
+            blocks += [linear_gramian(call.input, d, call.module.bias is not None, "kernel")[0]
+                       for call, d in zip(kernel, outputs_grads, strict=True)]
+            gram = blocks[0]
+            for block in blocks[1:]:
+                gram = gram + block  # float32 + float64 blocks add up in float64
         else:
-            per_param = parameter_gradients(at, grad_at, params) if params else []
-            gram = gramian(per_param or [grad_at])
-        grads = TaskGradients(grad_at, per_param, stats_from_gramian(gram))
+            per_param, gram = [], gramian([grad_at])
+        grads = TaskGradients(grad_at, [] if kernel else per_param, stats_from_gramian(gram),
+                              ["last_shared"] if method == "kernel"
+                              else [call.name for call in kernel])
         decision = weigh(grads)
         weights, update = decision.weights, decision.update
         assert update is None or covers_shared, "a shared update needs all backbone parameters"
+        assert update is None or not kernel, "a shared update needs every per-task gradient"
         found.append((decision, grads))
         if per_param:  # these parameters' update is at hand: Σ_i w_i g_i (or the strategy's)
-            for p, g in zip(params, update or combine(weights, per_param), strict=True):
+            for p, g in zip(direct, update or combine(weights, per_param), strict=True):
+                p.grad = g
+        for call, d in zip(kernel, outputs_grads, strict=True):  # (Σ_i w_i D_i)ᵀ A
+            for p, g in zip(call.module.parameters(), linear_update(call, d, weights),
+                            strict=True):
                 p.grad = g
         if covers_shared:
             return None

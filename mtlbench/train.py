@@ -30,6 +30,7 @@ from mtlbench.files import write_json_atomic
 from mtlbench.gpus import claim_gpu
 from mtlbench.gradients import (
     Decision,
+    GradientEngine,
     TaskGradients,
     Weigh,
     split_forward,
@@ -49,6 +50,8 @@ from mtlbench.tb import RunLogger, flatten_hparams
 from mtlbench.threads import apply_num_threads
 
 log = logging.getLogger("mtlbench")
+LINEAR_POLICY = {"auto": "by multiply-add count", "direct": "from per-task weight gradients",
+                 "kernel": "from the B×B kernel"}
 FULL_PRECISION = Precision()
 HALF = (torch.bfloat16, torch.float16)
 
@@ -166,32 +169,37 @@ def measure_losses(model: MultiTaskModel, data: MultiTaskData, batches: int, bat
 class StepResult:
     """What one step leaves for logging: detached losses [n], effective weights [n], the
     per-task gradient statistics (norms [n], Gramian [n, n]; None for loss-side strategies),
-    whether everything was finite, and whether the step was applied (``16-mixed``: a step whose
-    gradients overflowed the loss scale is skipped, not counted as a divergence). Only statistics
-    are kept, not the per-task gradients (which would double peak memory across steps)."""
+    whether everything was finite, whether the step was applied (``16-mixed``: a step whose
+    gradients overflowed the loss scale is skipped, not counted as a divergence), and the linear
+    layers whose Gramian came from the B×B kernel (``params=shared``). Only statistics are kept,
+    not the per-task gradients (which would double peak memory across steps)."""
 
     losses: Tensor
     weights: Tensor
     grads: GradientStats | None
     finite: bool
     applied: bool = True
+    kernel_layers: list[str] | None = None
 
 
 def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[str, Tensor],
                strategy: Strategy, optimizer: torch.optim.Optimizer,
-               precision: Precision | None = None) -> StepResult:
+               precision: Precision | None = None,
+               engine: GradientEngine | None = None) -> StepResult:
     """Forward, per-task losses, (gradient statistics), strategy weights, backward, optimizer step.
 
     One backward either way; a gradient-side strategy is asked for its weights inside it, when the
     gradient reaches the shared representation (:func:`mtlbench.gradients.weighted_backward`).
     One host sync: the finiteness check of the losses, weights and gradients (the ``.tolist()`` of
     logging happens only at log steps, in :func:`log_step`). ``precision``: autocast and, for
-    ``16-mixed``, loss scaling (:mod:`mtlbench.precision`); default float32.
+    ``16-mixed``, loss scaling (:mod:`mtlbench.precision`); default float32. ``engine``: how
+    per-task gradients over the shared parameters are computed (default: ``auto`` for both
+    choices of :class:`mtlbench.gradients.GradientEngine`).
     """
     precision = precision or FULL_PRECISION
     scaler, scale = precision.scaler, precision.scale()
     optimizer.zero_grad(set_to_none=True)
-    stats = None
+    stats, kernel = None, None
     if strategy.kind == "loss":
         with precision.autocast():
             outputs = model(x)[1]
@@ -204,15 +212,19 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
         (total if scaler is None else scaler.scale(total)).backward()
     else:  # gramian or combiner: the per-task gradients are weighed inside the one backward
         names, source = [t.name for t in tasks], strategy.gradient_source
-        with precision.autocast():
+        engine = engine or GradientEngine()
+        with precision.autocast():  # a combiner needs every gradient: no kernel path for it
             fwd = split_forward(model.backbone, model.heads, x, names, at_last_shared=(
-                source == "last_shared" and splits_at_last_shared(model.backbone)))
+                source == "last_shared" and splits_at_last_shared(model.backbone)),
+                capture_linear=(source == "shared" and strategy.kind == "gramian"
+                                and engine.linear != "direct"))
         losses = task_losses(tasks, fwd.outputs, y)
         weights, grads = weighted_backward(
             losses if scaler is None else scaler.scale(losses), fwd, gradient_params(model, source),
             [model.head_parameters(name) for name in names], model.shared_parameters(),
-            strategy_weigh(strategy, losses.detach(), scale), covers_shared=source == "shared")
-        weights, stats = weights.detach(), grads.stats
+            strategy_weigh(strategy, losses.detach(), scale), covers_shared=source == "shared",
+            engine=engine)
+        weights, stats, kernel = weights.detach(), grads.stats, grads.kernel_layers
         for part in parts(strategy)[1:]:  # a stacked loss weighting's learned parameters
             if part.parameters():
                 objective = part.objective(losses.detach())
@@ -226,10 +238,10 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
         scaler.update()  # lowers S if unscale_ found a non-finite gradient
         if not finite and all_finite([losses.detach()]):  # the gradients overflowed S (and the
             return StepResult(  # weights derived from them with it)
-                losses.detach(), weights, stats, finite=True, applied=False)
+                losses.detach(), weights, stats, finite=True, applied=False, kernel_layers=kernel)
     if finite:
         optimizer.step()
-    return StepResult(losses.detach(), weights, stats, finite)
+    return StepResult(losses.detach(), weights, stats, finite, kernel_layers=kernel)
 
 
 def all_finite(tensors: list[Tensor]) -> bool:
@@ -386,8 +398,13 @@ def run(cfg: DictConfig, run_dir: Path, strategy_name: str, *, interactive: bool
         elif prior.stale:
             log.info("Starting over in %s: removed %s of an earlier attempt", run_dir,
                      prior.stale_summary())
+        engine = GradientEngine(tcfg.gradient_engine, tcfg.linear_gramian).resolved(device)
+        if strategy.kind != "loss":
+            log.info("Per-task gradients: %s traversal (trainer.gradient_engine=%s), linear "
+                     "layers' Gramians %s (trainer.linear_gramian=%s)", engine.traversal,
+                     tcfg.gradient_engine, LINEAR_POLICY[engine.linear], tcfg.linear_gramian)
         loop = Loop(cfg, run_dir, strategy_name, data, model, optimizer, schedule, strategy,
-                    values, total, per_epoch, precision, criterion, best)
+                    values, total, per_epoch, precision, criterion, best, engine=engine)
         metrics = loop.train(start, counters, interactive)
         metrics.update(device=str(device), num_threads=threads)
         return finish(loop, metrics)
@@ -413,6 +430,9 @@ class Loop:
     #: ``value`` to minimize, ``model`` state); None with ``select=last``.
     criterion: Criterion | None = None
     best: dict[str, Any] | None = None
+    engine: GradientEngine = GradientEngine()
+    #: the linear layers whose Gramian came from the B×B kernel (first step that reported it)
+    kernel_layers: list[str] | None = None
     seconds_before: float = 0.0
     started: float = 0.0
     overflow: int = 0
@@ -477,7 +497,11 @@ class Loop:
                 idx = batch_indices(step, len(data.train), tcfg.batch_size, cfg.seed).to(device)
                 x, y = data.train.batch(idx)
                 result = train_step(self.model, tasks, x, y, self.strategy, self.optimizer,
-                                    self.precision)
+                                    self.precision, self.engine)
+                if self.kernel_layers is None and result.kernel_layers is not None:
+                    self.kernel_layers = result.kernel_layers
+                    log.info("B×B-kernel Gramian for the linear layers: %s",
+                             ", ".join(result.kernel_layers) or "none")
                 if not result.applied:
                     self.overflow += 1
                     self.logger.writer.add_scalar("train/overflow_steps", self.overflow, step)
@@ -521,6 +545,9 @@ class Loop:
             "skipped_steps": skipped,
             "train_seconds": round(self.seconds(), 3),
             **({"overflow_steps": self.overflow} if self.precision.scaler is not None else {}),
+            **({"gradient_engine": {"traversal": self.engine.traversal,
+                                    "kernel_layers": self.kernel_layers}}
+               if self.kernel_layers is not None else {}),
         }
         if self.criterion is not None:
             metrics.update(self.selected_test(test))

@@ -90,6 +90,7 @@ from torchjd.autogram import Engine
 from torchjd.autojac import jac_to_grad, mtl_backward
 
 from mtlbench.allocator import retain_freed_memory
+from mtlbench.gradients import GradientEngine
 from mtlbench.models.multitask import MultiTaskModel, build_model
 from mtlbench.tasks import TaskSpec
 from mtlbench.train import task_losses, train_step
@@ -121,6 +122,9 @@ def make_problem(args: argparse.Namespace, n: int) -> Problem:
     if args.model == "lenet":
         cfg: dict = {"_target_": "mtlbench.models.lenet.LeNetBackbone", "head_hidden": 50}
         shape: tuple[int, ...] = (1, 36, 36)
+    elif args.model == "resnet18":
+        cfg = {"_target_": "mtlbench.models.resnet.ResNet18Backbone", "head_hidden": 0}
+        shape = (1, 36, 36)
     else:
         cfg = {"_target_": "mtlbench.models.mlp.MLPBackbone", "depth": 2, "head_hidden": 0,
                "width": 256 if args.model == "mlp" else 128}
@@ -139,6 +143,9 @@ def input_dim(args: argparse.Namespace) -> int:
 def describe_model(args: argparse.Namespace) -> str:
     if args.model == "lenet":
         return "MultiLeNet on 1x36x36 (conv10-conv20-fc50), heads 50-50-10"
+    if args.model == "resnet18":
+        return ("torchvision ResNet-18 on 1x36x36 (model=resnet18: small stem, fc 512-100 + "
+                "ReLU), linear heads 100-10")
     width = 256 if args.model == "mlp" else 128
     return f"MLP {input_dim(args)}-{width}-{width} (ReLU), linear heads {width}-10"
 
@@ -163,13 +170,14 @@ def floor_case(p: Problem) -> tuple[MultiTaskModel, Step]:
     return m, step
 
 
-def mtlbench_case(name: str, overrides: dict) -> Callable[[Problem], tuple[MultiTaskModel, Step]]:
+def mtlbench_case(name: str, overrides: dict, engine: GradientEngine | None = None,
+                  ) -> Callable[[Problem], tuple[MultiTaskModel, Step]]:
     def build(p: Problem) -> tuple[MultiTaskModel, Step]:
         prepared = prepare(name, overrides, p.model, p.tasks, p.x, p.y)
         if prepared is None:
             raise SystemExit(f"mtlbench strategy {name} {overrides} refused this task set")
         strategy, m, opt = prepared
-        return m, lambda: train_step(m, p.tasks, p.x, p.y, strategy, opt)
+        return m, lambda: train_step(m, p.tasks, p.x, p.y, strategy, opt, engine=engine)
     return build
 
 
@@ -276,6 +284,12 @@ CASES: dict[str, Callable[[Problem], tuple[MultiTaskModel, Step]]] = {
     FLOOR: floor_case,
     "mtlbench equal": mtlbench_case("equal", {}),
     "mtlbench gradnorm_ideal[shared]": mtlbench_case("gradnorm_ideal", {}),
+    "  engine: loop, linear direct": mtlbench_case("gradnorm_ideal", {},
+                                                   GradientEngine("loop", "direct")),
+    "  engine: loop, linear kernel": mtlbench_case("gradnorm_ideal", {},
+                                                   GradientEngine("loop", "kernel")),
+    "  engine: batched, linear direct": mtlbench_case("gradnorm_ideal", {},
+                                                      GradientEngine("batched", "direct")),
     "mtlbench gradnorm_ideal[last_shared]": mtlbench_case("gradnorm_ideal",
                                                           {"params": "last_shared"}),
     "mtlbench gradnorm_ideal[representation]": mtlbench_case("gradnorm_ideal",
@@ -457,7 +471,8 @@ def wait_for_quiet(limit_s: float) -> str:
 def bench(args: argparse.Namespace, p: Problem) -> Result:
     waited = wait_for_quiet(args.wait_quiet) if args.wait_quiet > 0 else ""
     load_start = loadavg()
-    cases = {label: build(p) for label, build in CASES.items()}
+    cases = {label: build(p) for label, build in CASES.items()
+             if label == FLOOR or not args.cases or any(c in label for c in args.cases)}
     names = list(cases)
     rng = random.Random(args.seed)
     for _ in range(args.warmup):
@@ -531,7 +546,7 @@ def detail(n: int, r: Result, memory: bool) -> str:
              + (f" {'peak MiB':>8} |" if memory else ""),
              f"|{'-' * 44}|{'-' * 9}:|{'-' * 8}:|{'-' * 14}:|" + (f"{'-' * 9}:|" if memory
                                                                  else "")]
-    for name in CASES:
+    for name in r.ms:
         q1, q3 = r.quartiles[name]
         lines.append(f"| {name:<42} | {r.ms[name]:8.3f} | {r.ratio[name]:7.2f} | "
                      f"{q1:6.2f}-{q3:<6.2f} |" + (f" {r.memory[name]:8.2f} |" if memory else ""))
@@ -543,12 +558,12 @@ def summary(results: dict[int, Result], memory: bool) -> str:
     head = "| case | " + " | ".join(f"n={n}" for n in ns) + " |"
     rule = "|---|" + "---:|" * len(ns)
     lines = ["\n## median ratio to the floor (median ms/step)", head, rule]
-    for name in CASES:
+    for name in results[ns[0]].ms:
         cells = [f"{r.ratio[name]:.2f}x ({r.ms[name]:.2f} ms)" for r in results.values()]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if memory:
         lines += ["\n## peak MiB per step (see header for what is measured)", head, rule]
-        for name in CASES:
+        for name in results[ns[0]].ms:
             lines.append(f"| {name} | "
                          + " | ".join(f"{r.memory[name]:.2f}" for r in results.values()) + " |")
     return "\n".join(lines)
@@ -556,7 +571,10 @@ def summary(results: dict[int, Result], memory: bool) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=("mlp", "mlp128", "lenet"), default="mlp")
+    parser.add_argument("--model", choices=("mlp", "mlp128", "lenet", "resnet18"), default="mlp")
+    parser.add_argument("--cases", nargs="+", default=[], metavar="TEXT",
+                        help="time only the rows whose label contains one of these (and the "
+                             "floor); the agreement checks run in full")
     parser.add_argument("--tasks", type=int, nargs="+", default=[2, 4, 10])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--input-dim", type=int, default=0,

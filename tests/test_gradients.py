@@ -9,12 +9,14 @@ from torch.testing import assert_close
 
 from mtlbench.gradients import (
     Decision,
+    GradientEngine,
     gramian,
     linear_gramian,
     linear_method,
     split_forward,
     splits_at_last_shared,
     stats_from_gramian,
+    task_vjps,
     weighted_backward,
 )
 from mtlbench.models.heads import make_head
@@ -265,3 +267,120 @@ def test_gramian_keeps_float32_only_where_it_is_exact() -> None:
         want = scaled.float().double() @ scaled.float().double().T
         assert got.dtype == F64
         assert_close(got, want, rtol=1e-6, atol=0)
+
+
+# ----------------------------------------------------------------------------- the engine
+def run_engine(kind: str, engine: GradientEngine, weights: torch.Tensor,
+               capture_linear: bool = True):
+    """weighted_backward over all shared parameters with fixed weights and ``engine``."""
+    model, x, y = make(kind, head_hidden=4)
+    names, params = [t.name for t in TASKS], model.shared_parameters()
+    fwd = split_forward(model.backbone, model.heads, x, names, capture_linear=capture_linear)
+    _, grads = weighted_backward(
+        losses_of(model, fwd.outputs, y), fwd, params,
+        [list(model.heads[n].parameters()) for n in names], params,
+        lambda g: Decision(weights, weights), covers_shared=True, engine=engine)
+    return model, x, y, grads
+
+
+@pytest.mark.parametrize("kind", BACKBONES)
+@pytest.mark.parametrize("traversal", ["loop", "batched"])
+@pytest.mark.parametrize("linear", ["direct", "kernel", "auto"])
+def test_every_engine_gives_the_naive_gramian_and_update(kind: str, traversal: str,
+                                                         linear: str) -> None:
+    """Loop or batched VJPs, per-task weight gradients or the B×B kernel for each nn.Linear: the
+    strategy sees the Gramian of separate per-task backward passes, and every parameter ends
+    with ∇ Σ_i w_i L_i (kernel layers: (Σ_i w_i D_i)ᵀA and Σ_rows Σ_i w_i D_i)."""
+    weights = torch.tensor([0.5, 2.0, -3.0], dtype=F64)
+    model, x, y, grads = run_engine(kind, GradientEngine(traversal, linear), weights)
+    rows = torch.stack(naive(model, x, y, model.shared_parameters()))
+    assert_close(grads.stats.gramian, rows @ rows.T, rtol=1e-10, atol=1e-12)
+    expected = naive_update(model, x, y, weights)
+    for name, p in model.named_parameters():
+        assert_close(p.grad, expected[name], rtol=1e-10, atol=1e-12, msg=name)
+    linears = [name for name, m in model.backbone.named_modules() if isinstance(m, nn.Linear)]
+    chosen = {"direct": [], "kernel": linears,
+              # by linear_method's count: batch 10 against widths 64 (mlp_wide's hidden layers);
+              # its first layer (6 inputs) and the narrow ones take per-task gradients
+              "auto": ["net.3", "net.5"] if kind == "mlp_wide" else []}[linear]
+    assert grads.kernel_layers == chosen
+    assert (grads.per_param == []) == bool(chosen)  # all per-task gradients, or none
+
+
+def test_kernel_skips_a_layer_changed_in_place_or_called_twice() -> None:
+    """The kernel needs the layer's input and output as they were in its one call: a Linear whose
+    output was modified in place (an in-place ReLU) or that ran twice takes per-task gradients,
+    and the result stays exact."""
+    torch.manual_seed(0)
+
+    class Backbone(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.once, self.twice, self.inplace = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+            self.out_dim = 8
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.tanh(self.once(x))
+            h = torch.tanh(self.twice(torch.tanh(self.twice(h))))
+            return torch.relu_(self.inplace(h))
+
+    backbone = Backbone()
+    heads = {t.name: make_head(t, 8, 0) for t in TASKS}
+    model = MultiTaskModel(backbone, heads).to(F64)
+    x = torch.randn(10, 6, dtype=F64)
+    _, y = None, make("mlp")[2]
+    names, params = [t.name for t in TASKS], model.shared_parameters()
+    fwd = split_forward(model.backbone, model.heads, x, names, capture_linear=True)
+    assert [c.name for c in fwd.linear_calls] == ["once", "inplace"]  # "twice" ran twice
+    weights = torch.tensor([1.0, -0.5, 2.0], dtype=F64)
+    _, grads = weighted_backward(
+        losses_of(model, fwd.outputs, y), fwd, params,
+        [list(model.heads[n].parameters()) for n in names], params,
+        lambda g: Decision(weights, None), covers_shared=True,
+        engine=GradientEngine("loop", "kernel"))
+    assert grads.kernel_layers == ["once"]  # "inplace"'s output was overwritten by relu_
+    rows = torch.stack(naive(model, x, y, params))
+    assert_close(grads.stats.gramian, rows @ rows.T, rtol=1e-10, atol=1e-12)
+    expected = naive_update(model, x, y, weights)
+    for name, p in model.backbone.named_parameters():
+        assert_close(p.grad, expected[f"backbone.{name}"], rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_task_vjps_loop_and_batched_agree_and_fill_unreached_targets_with_zeros() -> None:
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randn(4, 3, dtype=F64, generator=gen, requires_grad=True)
+    unused = torch.zeros(2, dtype=F64, requires_grad=True)
+    x = torch.randn(5, 4, dtype=F64, generator=gen)
+    z = torch.tanh(x @ w)
+    grad_z = torch.randn(3, 5, 3, dtype=F64, generator=gen)
+    loop = task_vjps(z, grad_z, [w, unused], "loop")
+    batched = task_vjps(z, grad_z, [w, unused], "batched")
+    by_task = torch.stack([torch.autograd.grad(z, w, g, retain_graph=True)[0] for g in grad_z])
+    assert_close(loop[0], by_task, rtol=1e-12, atol=0)
+    assert_close(batched[0], by_task, rtol=1e-12, atol=0)
+    assert loop[1].shape == batched[1].shape == (3, 2) and not loop[1].any()
+
+
+def test_auto_traversal_is_loop_on_the_cpu_and_batched_elsewhere() -> None:
+    assert GradientEngine().resolved(torch.device("cpu")) == GradientEngine("loop", "auto")
+    assert GradientEngine().resolved(torch.device("cuda")).traversal == "batched"
+    assert GradientEngine("batched", "kernel").resolved(torch.device("cpu")).traversal == "batched"
+
+
+def test_a_combiner_gets_every_gradient_even_with_linear_gramian_kernel() -> None:
+    """train_step captures the linear layers only for Gramian weightings: a combiner (DB-MTL)
+    receives the per-task gradients of every shared parameter."""
+    from mtlbench.strategies.db_mtl import DBMTL
+    from mtlbench.train import train_step
+
+    model, x, y = make("mlp_wide")
+    seen = []
+    strategy = DBMTL()
+    combine = strategy.combine
+    strategy.combine = lambda losses, grads: seen.append(grads) or combine(losses, grads)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    result = train_step(model, TASKS, x, y, strategy, opt,
+                        engine=GradientEngine("loop", "kernel"))
+    assert result.kernel_layers == []
+    assert [g.shape[1:] for g in seen[0].per_param] == [p.shape for p in
+                                                         model.shared_parameters()]

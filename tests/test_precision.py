@@ -62,22 +62,32 @@ class Recorder(GradientWeighting):
         return torch.ones_like(losses)
 
 
-@pytest.mark.parametrize("params", ["shared", "last_shared", "representation"])
-def test_the_scale_factor_never_reaches_a_strategy(params: str) -> None:
+@pytest.mark.parametrize("params,linear", [("shared", "direct"), ("shared", "kernel"),
+                                           ("last_shared", "auto"), ("representation", "auto")])
+@pytest.mark.parametrize("mode", ["16-mixed", "bf16-mixed"])
+def test_the_scale_factor_never_reaches_a_strategy(params: str, linear: str, mode: str) -> None:
     """16-mixed at S = 2^16: the Gramian the strategy sees is the float32 one to float16
-    rounding, not S² times it; the applied gradients are unscaled too."""
+    rounding, not S² times it; the applied gradients are unscaled too. bf16-mixed: the same to
+    bfloat16 rounding. Both for per-task weight gradients and the B×B kernel of every linear
+    layer (``trainer.linear_gramian``), whose products are taken in float32."""
     grads, stats = {}, {}
-    for mode in ("32", "16-mixed"):
+    engine = train.GradientEngine("loop", linear)
+    for precision in ("32", mode):
         model, x, y = setup_model()
         recorder = Recorder(params)
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
         result = train.train_step(model, TASKS, x, y, recorder, opt, build_precision(
-            mode, torch.device("cpu")))
+            precision, torch.device("cpu")), engine)
         assert result.finite and result.applied
-        stats[mode] = recorder.seen[0].gramian.double()
-        grads[mode] = torch.cat([p.grad.flatten() for p in model.parameters()])
-    assert_close(stats["16-mixed"], stats["32"], rtol=2e-2, atol=1e-6)
-    assert_close(grads["16-mixed"], grads["32"], rtol=2e-2, atol=2e-3)
+        assert bool(result.kernel_layers) == (linear == "kernel")
+        stats[precision] = recorder.seen[0].gramian.double()
+        grads[precision] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    if mode == "16-mixed":
+        assert_close(stats[mode], stats["32"], rtol=2e-2, atol=1e-6)
+        assert_close(grads[mode], grads["32"], rtol=2e-2, atol=2e-3)
+    else:  # bfloat16 keeps 8 bits: entries of small gradients differ, their whole does not
+        assert_close(stats[mode], stats["32"], rtol=3e-2, atol=1e-6)
+        assert float((grads[mode] - grads["32"]).norm() / grads["32"].norm()) < 5e-2
 
 
 def test_an_overflowing_scale_skips_the_step_and_comes_down() -> None:

@@ -163,6 +163,11 @@ BAD_INPUT = [
      "`trainer.select_metric` must be mean_accuracy, delta_m, or val/<metric>/<task>"),
     (["trainer.eval_every=weekly"], "`trainer.eval_every` must be an integer >= 1 or epoch."),
     (["trainer.precision=8"], "`trainer.precision` must be one of 32, bf16-mixed, 16-mixed."),
+    (["trainer.gradient_engine=fast"],
+     "`trainer.gradient_engine` must be one of auto, loop, batched. Found "
+     "`trainer.gradient_engine = fast`."),
+    (["trainer.linear_gramian=sometimes"],
+     "`trainer.linear_gramian` must be one of auto, direct, kernel."),
 ]
 
 

@@ -85,7 +85,12 @@ def train_end_to_end(tmp_path: Path, name: str, params: str, *extra: str) -> dic
     cfg = compose_config([f"strategy={name}", f"strategy.params={params}", *TINY, *extra])
     returned = run(cfg, tmp_path / name, name)
     written = json.loads((tmp_path / name / "metrics.json").read_text())
-    assert set(written) == METRICS_KEYS, set(written) ^ METRICS_KEYS
+    assert set(written) == METRICS_KEYS | {"gradient_engine"}, set(written) ^ METRICS_KEYS
+    # auto on the CPU: a loop of VJPs; with batch 32 the second layer of the MLP (128 → 128)
+    # takes the B×B kernel (linear_method: 0.7M against 2.1M multiply-adds for n = 4), the first
+    # (32 → 128) does not
+    assert written["gradient_engine"] == {"traversal": "loop", "kernel_layers": {
+        "shared": ["net.3"], "last_shared": ["last_shared"]}.get(params, [])}
     assert written["strategy"] == name and written["steps"] == 4
     assert written["skipped_steps"] == 0  # every step had finite weights and gradients
     assert written["config"]["strategy.params"] == params
