@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from weakref import WeakKeyDictionary
 
 import torch
 from torch import Tensor, nn
@@ -47,16 +48,18 @@ class GradientEngine:
     in time, memory and float rounding only.
 
     Attributes:
-        traversal: ``loop``: n ``autograd.grad`` calls from z (``retain_graph`` but for the last);
-            ``batched``: one call with ``is_grads_batched`` (vmap over the backward); ``auto``:
-            ``loop`` on the CPU, where the batched call was slower on every model measured
-            (``scripts/bench_peers.py``), ``batched`` on accelerators (one kernel launch per
-            operation for all n tasks).
+        traversal: ``loop``: one ``autograd.grad`` of L_i per task (:func:`shared_by_loop` for
+            ``params=shared``; from z for other parameter sets); ``batched``: one call with
+            ``is_grads_batched`` (vmap over the backward) from z; ``auto``: ``loop`` on the CPU,
+            where it was as fast or faster on the models measured (``scripts/bench_peers.py``),
+            ``batched`` on accelerators (one kernel launch per operation for all n tasks; not
+            measured here, no GPU).
         linear: for each ``nn.Linear`` of the backbone (called once per forward, all its
-            parameters shared and trained): ``direct`` (per-task weight gradients D_iᵀA),
-            ``kernel`` (Gramian block ⟨D_i, (AAᵀ + 11ᵀ) D_j⟩ and update (Σ_i w_i D_i)ᵀA, no
-            per-task weight gradient), or ``auto``: whichever :func:`linear_method` counts fewer
-            multiply-adds for. Only for Gramian weightings (a combiner receives every gradient).
+            parameters shared and trained), and for ``last_shared``'s split layer: ``direct``
+            (per-task weight gradients D_iᵀA), ``kernel`` (Gramian block ⟨D_i, (AAᵀ + 11ᵀ) D_j⟩
+            and update (Σ_i w_i D_i)ᵀA, no per-task weight gradient), or ``auto``: whichever
+            :func:`linear_method` counts fewer multiply-adds for. Only for Gramian weightings (a
+            combiner receives every gradient).
     """
 
     traversal: str = "auto"
@@ -290,8 +293,31 @@ def linear_method(layer_input: Tensor, n: int, fan_out: int) -> str:
     computes (B·in·out)."""
     fan_in = layer_input.shape[-1]
     rows = layer_input.numel() // max(fan_in, 1)
-    kernel = rows * rows * (fan_in + n * fan_out) + rows * fan_in * fan_out
-    return "kernel" if kernel < n * rows * fan_in * fan_out else "direct"
+    return "kernel" if kernel_pays(rows, fan_in, fan_out, n) else "direct"
+
+
+def kernel_pays(rows: int, fan_in: int, fan_out: int, n: int) -> bool:
+    """B²·(in + n·out) + B·in·out < n·B·in·out (see :func:`linear_method`); once false, false for
+    every larger B."""
+    return rows * rows * (fan_in + n * fan_out) + rows * fan_in * fan_out \
+        < n * rows * fan_in * fan_out
+
+
+_LINEARS: WeakKeyDictionary[nn.Module, list[nn.Linear]] = WeakKeyDictionary()
+
+
+def may_take_kernel(backbone: nn.Module, batch: int, n: int, policy: str) -> bool:
+    """Whether some ``nn.Linear`` of the backbone can take the kernel path under ``policy``
+    (``auto``: :func:`kernel_pays` with B = the batch size, the fewest rows a layer sees), so
+    that :func:`split_forward` records the layers' inputs (``capture_linear``) only then."""
+    if policy == "direct":
+        return False
+    if backbone not in _LINEARS:
+        _LINEARS[backbone] = [m for m in backbone.modules() if isinstance(m, nn.Linear)]
+    layers = _LINEARS[backbone]
+    if policy == "kernel":
+        return bool(layers)
+    return any(kernel_pays(batch, m.in_features, m.out_features, n) for m in layers)
 
 
 def gramian(per_param: list[Tensor]) -> Tensor:
@@ -337,14 +363,17 @@ def stats_from_gramian(gram: Tensor) -> GradientStats:
     return GradientStats(norms=gram.diagonal().clamp_min(0).sqrt(), gramian=gram)
 
 
-def weighted_backward(losses: Tensor, fwd: BranchedForward, params: list[nn.Parameter],
+def weighted_backward(losses: Tensor | list[Tensor], fwd: BranchedForward,
+                      params: list[nn.Parameter],
                       heads: list[list[nn.Parameter]], shared: list[nn.Parameter], weigh: Weigh,
                       covers_shared: bool = False,
                       engine: GradientEngine = GradientEngine()) -> tuple[Tensor, TaskGradients]:
     """One backward of Σ_i w_i L_i with w chosen from this step's per-task gradients (module doc).
 
     Args:
-        losses: task losses [n] (attached to the graph); ``fwd``: from :func:`split_forward`.
+        losses: the task losses (attached to the graph): a list of the n scalars, or their stack
+            [n] (then each task's backward of the loop path also runs every other head's with
+            zeros, through the stack's backward); ``fwd``: from :func:`split_forward`.
         params: parameters to take per-task gradients over; [] for the representation z. With
             ``fwd.layer_input``, the parameters of the linear layer whose output is ``fwd.at``.
         heads: each task's head parameters, in task order; ``shared``: the backbone's.
@@ -360,6 +389,10 @@ def weighted_backward(losses: Tensor, fwd: BranchedForward, params: list[nn.Para
     """
     at, aliases, layer_input = fwd.at, fwd.aliases, fwd.layer_input
     engine = engine.resolved(at.device)
+    if covers_shared and engine.traversal == "loop" and len({p.dtype for p in params}) == 1:
+        decision, grads = shared_by_loop(losses, fwd, params, heads, weigh, engine.linear)
+        scale_heads(heads, decision.head_weights)
+        return decision.weights, grads
     method = "vjp"
     if layer_input is not None:  # the last shared layer, split at its output
         method = (linear_method(layer_input, len(aliases), at.shape[-1])
@@ -421,7 +454,7 @@ def weighted_backward(losses: Tensor, fwd: BranchedForward, params: list[nn.Para
     handles = [alias.register_hook(keep(i)) for i, alias in enumerate(aliases)]
     try:  # the hooks close over the graph: remove them even on error, or it is never freed
         if covers_shared:  # stop at z; the backbone's update comes from the per-task gradients
-            torch.autograd.backward(losses.sum(), inputs=[*head_params, *aliases])
+            torch.autograd.backward(total_loss(losses), inputs=[*head_params, *aliases])
             reweigh()
         else:
             handles.append(at.register_hook(reweigh))
@@ -430,17 +463,86 @@ def weighted_backward(losses: Tensor, fwd: BranchedForward, params: list[nn.Para
             # (``at`` is listed too, so that its hook runs even if nothing else is left)
             done = {id(p) for p in params} if params and method != "kernel" else set()
             inputs = [*head_params, *(p for p in shared if id(p) not in done), at]
-            losses.sum().backward(inputs=inputs if done else None)
+            total_loss(losses).backward(inputs=inputs if done else None)
     finally:
         for handle in handles:
             handle.remove()
     decision, grads = found[0]
-    if decision.head_weights is not None:
-        for task, h in zip(heads, decision.head_weights.tolist(), strict=True):
-            for p in task:
-                if p.grad is not None:
-                    p.grad.mul_(h)
+    scale_heads(heads, decision.head_weights)
     return decision.weights, grads
+
+
+def scale_heads(heads: list[list[nn.Parameter]], head_weights: Tensor | None) -> None:
+    """Head i's ``.grad`` (∇L_i) times h_i (nothing for None)."""
+    if head_weights is None:
+        return
+    for task, h in zip(heads, head_weights.tolist(), strict=True):
+        for p in task:
+            if p.grad is not None:
+                p.grad.mul_(h)
+
+
+def total_loss(losses: Tensor | list[Tensor]) -> Tensor:
+    """Σ_i L_i of a stack or a list of scalars."""
+    return losses.sum() if isinstance(losses, Tensor) else torch.stack(losses).sum()
+
+
+def shared_by_loop(losses: Tensor | list[Tensor], fwd: BranchedForward,
+                   params: list[nn.Parameter],
+                   heads: list[list[nn.Parameter]], weigh: Weigh,
+                   linear: str) -> tuple[Decision, TaskGradients]:
+    """``params=shared`` by a loop over tasks: one ``autograd.grad`` of L_i per task, through its
+    head and the backbone at once (no separate backward of the heads), each task's backbone
+    gradients copied into row i of one [n, P] buffer (so that the Gramian is one matrix product,
+    Σ_i w_i g_i one vector-matrix product, and the parameters' ``.grad`` are views of it), the
+    kernel layers' output gradients D_i kept instead of their weight gradients."""
+    n = len(heads)
+    kernel = kernel_layers(fwd.linear_calls, params, n, linear)
+    in_kernel = {id(p) for call in kernel for p in call.module.parameters()}
+    direct = [p for p in params if id(p) not in in_kernel]
+    sizes = [p.numel() for p in direct]
+    flat = torch.empty((n, sum(sizes)), dtype=params[0].dtype, device=fwd.at.device)
+    at_branch, outputs_grads = [], [[] for _ in kernel]
+    for i in range(n):
+        found = torch.autograd.grad(
+            losses[i], [*heads[i], fwd.aliases[i], *direct, *(call.output for call in kernel)],
+            retain_graph=i + 1 < n, allow_unused=True)
+        for p, g in zip(heads[i], found, strict=False):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad + g
+        rest = found[len(heads[i]):]
+        at_branch.append(torch.zeros_like(fwd.at) if rest[0] is None else rest[0])
+        if direct:
+            torch.cat([torch.zeros(size, dtype=flat.dtype, device=flat.device) if g is None
+                       else g.reshape(-1) for g, size in zip(rest[1:1 + len(direct)], sizes,
+                                                             strict=True)], out=flat[i])
+        for found_d, g, call in zip(outputs_grads, rest[1 + len(direct):], kernel, strict=True):
+            found_d.append(torch.zeros_like(call.output) if g is None else g)
+    per_param = [part.view(n, *p.shape) for part, p in
+                 zip(flat.split(sizes, dim=1), direct, strict=True)]
+    blocks = [gramian([flat])] if direct else []
+    blocks += [linear_gramian(call.input, torch.stack(d), call.module.bias is not None,
+                              "kernel")[0] for call, d in zip(kernel, outputs_grads, strict=True)]
+    gram = blocks[0]
+    for block in blocks[1:]:
+        gram = gram + block  # float32 + float64 blocks add up in float64
+    grads = TaskGradients(torch.stack(at_branch), [] if kernel else per_param,
+                          stats_from_gramian(gram), [call.name for call in kernel])
+    decision = weigh(grads)
+    assert decision.update is None or not kernel, "a shared update needs every per-task gradient"
+    if decision.update is not None:
+        updates = decision.update
+    else:  # Σ_i w_i g_i of all direct parameters in one product; their .grad are views of it
+        total = decision.weights.to(flat.dtype) @ flat
+        updates = [part.view(p.shape) for part, p in
+                   zip(total.split(sizes), direct, strict=True)]
+    for p, g in zip(direct, updates, strict=True):
+        p.grad = g
+    for call, d in zip(kernel, outputs_grads, strict=True):  # (Σ_i w_i D_i)ᵀ A
+        for p, g in zip(call.module.parameters(), linear_update(call, torch.stack(d),
+                                                                decision.weights), strict=True):
+            p.grad = g
+    return decision, grads
 
 
 def weighted_sum(weights: Tensor, tensors: list[Tensor]) -> Tensor:

@@ -33,6 +33,7 @@ from mtlbench.gradients import (
     GradientEngine,
     TaskGradients,
     Weigh,
+    may_take_kernel,
     split_forward,
     splits_at_last_shared,
     weighted_backward,
@@ -119,8 +120,14 @@ def task_losses(tasks: list[TaskSpec], outputs: dict[str, Tensor],
                 targets: dict[str, Tensor]) -> Tensor:
     """The vector of transformed task losses [n], in task order, in float32 at least (outputs of
     an autocast forward are bfloat16 / float16)."""
-    return torch.stack([t.loss(outputs[t.name].float() if outputs[t.name].dtype in HALF
-                               else outputs[t.name], targets[t.name]) for t in tasks])
+    return torch.stack(task_loss_list(tasks, outputs, targets))
+
+
+def task_loss_list(tasks: list[TaskSpec], outputs: dict[str, Tensor],
+                   targets: dict[str, Tensor]) -> list[Tensor]:
+    """:func:`task_losses` as n scalars (each task's own graph, not through a stack)."""
+    return [t.loss(outputs[t.name].float() if outputs[t.name].dtype in HALF
+                   else outputs[t.name], targets[t.name]) for t in tasks]
 
 
 def gradient_params(model: MultiTaskModel, source: str) -> list[torch.nn.Parameter]:
@@ -217,10 +224,13 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
             fwd = split_forward(model.backbone, model.heads, x, names, at_last_shared=(
                 source == "last_shared" and splits_at_last_shared(model.backbone)),
                 capture_linear=(source == "shared" and strategy.kind == "gramian"
-                                and engine.linear != "direct"))
-        losses = task_losses(tasks, fwd.outputs, y)
+                                and may_take_kernel(model.backbone, len(x), len(tasks),
+                                                    engine.linear)))
+        per_task = task_loss_list(tasks, fwd.outputs, y)
+        losses = torch.stack(per_task)
         weights, grads = weighted_backward(
-            losses if scaler is None else scaler.scale(losses), fwd, gradient_params(model, source),
+            per_task if scaler is None else [scaler.scale(loss) for loss in per_task], fwd,
+            gradient_params(model, source),
             [model.head_parameters(name) for name in names], model.shared_parameters(),
             strategy_weigh(strategy, losses.detach(), scale), covers_shared=source == "shared",
             engine=engine)
