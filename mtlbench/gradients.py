@@ -282,9 +282,14 @@ def linear_gramian(layer_input: Tensor, grad_output: Tensor, bias: bool,
     if bias:
         kernel += 1
     # K D_j stays in the model's dtype (its size does not depend on the loss scale squared); the
-    # final products ⟨D_i, K D_j⟩ ∝ λ_i λ_j are taken in float64, as in :func:`gramian`
-    flat = d.reshape(n, -1).to(wide(d))
-    return flat @ torch.matmul(kernel, d).reshape(n, -1).to(flat.dtype).T, []
+    # final products ⟨D_i, K D_j⟩ ∝ λ_i λ_j are taken as in :func:`gramian`: float64, or float32
+    # on the CPU where that is safe
+    flat, kd = d.reshape(n, -1), torch.matmul(kernel, d).reshape(n, -1)
+    total = _float32_products(flat, rights=(kd,))
+    if total is not None:
+        return total, []
+    flat = flat.to(wide(d))
+    return flat @ kd.to(flat.dtype).T, []
 
 
 def linear_method(layer_input: Tensor, n: int, fan_out: int) -> str:
@@ -330,17 +335,34 @@ def gramian(per_param: list[Tensor]) -> Tensor:
     except that on the CPU float32 gradients are first multiplied in float32 (faster: float64
     products cost ~2% of a step there) and that result is kept when its diagonal lies within
     ``FLOAT32_SAFE_SQUARED_NORMS`` (``stats.float32_is_safe``; no device sync on the
-    CPU)."""
+    CPU). The float32 products are taken over at most ``FLOAT32_GRAMIAN_CHUNK`` columns each: one
+    product over all 11M parameters of a ResNet-18 accumulated its squared norms with a relative
+    error of 1e-3 (they only add positive terms, so float32 rounding builds up with the length);
+    in chunks it is ~1e-7."""
     assert per_param, "no gradients"
     n = per_param[0].shape[0]
     flats = [g.reshape(n, -1) for g in per_param]
-    if flats[0].dtype == torch.float32 and flats[0].device.type == "cpu":
-        total = flats[0] @ flats[0].T
-        for flat in flats[1:]:
-            total = torch.addmm(total, flat, flat.T)
-        if float32_is_safe(total.diagonal()):
-            return total
-    return _gramian64(flats)
+    total = _float32_products(*flats)
+    return total if total is not None else _gramian64(flats)
+
+
+#: Columns per float32 product in :func:`gramian`.
+FLOAT32_GRAMIAN_CHUNK = 1 << 16
+
+
+def _float32_products(*flats: Tensor, rights: tuple[Tensor, ...] = ()) -> Tensor | None:
+    """Σ_k L_k R_kᵀ over float32 CPU matrices [n, p_k] (R_k = L_k unless ``rights`` are given),
+    each product over at most :data:`FLOAT32_GRAMIAN_CHUNK` columns; None when the inputs are not
+    float32 on the CPU or the result's diagonal is not :func:`float32_is_safe`."""
+    if flats[0].dtype != torch.float32 or flats[0].device.type != "cpu":
+        return None
+    pairs = zip(flats, rights or flats, strict=True)
+    chunks = [(left[:, lo:lo + FLOAT32_GRAMIAN_CHUNK], right[:, lo:lo + FLOAT32_GRAMIAN_CHUNK])
+              for left, right in pairs for lo in range(0, left.shape[1], FLOAT32_GRAMIAN_CHUNK)]
+    total = chunks[0][0] @ chunks[0][1].T
+    for left, right in chunks[1:]:
+        total = torch.addmm(total, left, right.T)
+    return total if float32_is_safe(total.diagonal()) else None
 
 
 def _gramian64(flats: list[Tensor]) -> Tensor:
@@ -493,7 +515,8 @@ def shared_by_loop(losses: Tensor | list[Tensor], fwd: BranchedForward,
                    linear: str) -> tuple[Decision, TaskGradients]:
     """``params=shared`` by a loop over tasks: one ``autograd.grad`` of L_i per task, through its
     head and the backbone at once (no separate backward of the heads), each task's backbone
-    gradients copied into row i of one [n, P] buffer (so that the Gramian is one matrix product,
+    gradients copied into row i of one [n, P] buffer (so that the Gramian is one matrix product per
+    :data:`FLOAT32_GRAMIAN_CHUNK` columns,
     Σ_i w_i g_i one vector-matrix product, and the parameters' ``.grad`` are views of it), the
     kernel layers' output gradients D_i kept instead of their weight gradients."""
     n = len(heads)
