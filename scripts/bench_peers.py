@@ -354,8 +354,9 @@ def _run_checks(p: Problem) -> None:
     z, outputs = m(p.x)
     mtl_backward([t.loss(outputs[t.name], p.y[t.name]) for t in p.tasks], features=z)
     jac = torch.cat([q.jac.reshape(p.n, -1) for q in m.backbone.parameters()], dim=1)
+    # (norms in float64: torch's float32 norm over 11M entries per row was off by 4e-4 here)
     check("torchjd mtl_backward Jacobian rows, normalized and summed == gradnorm_ideal[shared]",
-          (jac / jac.norm(dim=1, keepdim=True)).sum(0), gni, rtol)
+          (jac / jac.double().norm(dim=1, keepdim=True).float()).sum(0), gni, rtol)
 
     mean_shared, mean_heads = one_step(p, "torchjd mtl_backward + Mean")
     eq_shared, eq_heads = one_step(p, "mtlbench equal")
@@ -375,8 +376,11 @@ def _run_checks(p: Problem) -> None:
 
     lib_shared, lib_heads = one_step(p, "LibMTL-style DB-MTL (per-task backward)")
     db_shared, db_heads = one_step(p, "mtlbench db_mtl")
+    # LibMTL takes the norms of its [n, P] float32 buffer with torch's float32 norm, which is
+    # ~4e-4 off over a ResNet-18's P = 11M (mtlbench's come from float64 or chunked float32)
+    long_rtol = rtol if lib_shared.numel() < 1_000_000 else 1e-3
     check("LibMTL-style DB-MTL == mtlbench db_mtl (first step), shared .grad",
-          db_shared, lib_shared, rtol)
+          db_shared, lib_shared, long_rtol)
     check("LibMTL-style DB-MTL == mtlbench db_mtl (first step), heads (grad log L_i)",
           torch.cat(db_heads), torch.cat(lib_heads), rtol)
 
