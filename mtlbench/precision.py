@@ -19,7 +19,6 @@ business, not a divergence: it is skipped, the scale is lowered, and the loop co
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -38,14 +37,11 @@ class Precision:
     device_type: str = "cpu"
     scaler: torch.amp.GradScaler | None = None
 
-    @contextlib.contextmanager
-    def autocast(self) -> Iterator[None]:
-        """Autocast to the mode's dtype on the run's device (nothing for ``32``)."""
+    def autocast(self) -> contextlib.AbstractContextManager[object]:
+        """Autocast to the mode's dtype on the run's device (a no-op context for ``32``)."""
         if self.mode == "32":
-            yield
-            return
-        with torch.autocast(self.device_type, dtype=DTYPES[self.mode]):
-            yield
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=DTYPES[self.mode])
 
     def scale(self) -> float:
         """The loss-scale factor S (1 without a scaler); one host read."""

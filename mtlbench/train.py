@@ -215,7 +215,7 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
         if strategy.parameters():  # learned weights: their gradient comes from the objective
             total = strategy.objective(losses)
         else:
-            total = (weights.to(losses.dtype) * losses).sum()
+            total = torch.dot(weights.to(losses.dtype), losses)
         (total if scaler is None else scaler.scale(total)).backward()
     else:  # gramian or combiner: the per-task gradients are weighed inside the one backward
         names, source = [t.name for t in tasks], strategy.gradient_source
@@ -263,17 +263,32 @@ def all_finite(tensors: list[Tensor]) -> bool:
     float64 sums it replaces (0.018 vs 0.097 ms for an MLP 784-256-256 step, median of 300). Where
     the kernel is unavailable: each tensor summed in float64 (non-finite iff some entry is)."""
     try:
+        device = tensors[0].device
+        if all(t.device == device for t in tensors):  # the usual case: one call, one flag
+            found = torch.zeros(1, device=device)
+            torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, _unit(device))
+            return not found.item()
         flags = []
         for device in {t.device for t in tensors}:
             found = torch.zeros(1, device=device)
             torch._amp_foreach_non_finite_check_and_unscale_(
-                [t for t in tensors if t.device == device], found, torch.ones(1, device=device))
+                [t for t in tensors if t.device == device], found, _unit(device))
             flags.append(found)
         return not any(bool(flag) for flag in flags)
     except (RuntimeError, NotImplementedError):  # e.g. a backend without the kernel
         dtype = wide(tensors[0])  # float64; float32 on MPS (which has no float64)
         total = torch.stack([t.sum(dtype=dtype) for t in tensors]).sum()
         return bool(torch.isfinite(total))
+
+
+_UNITS: dict[torch.device, Tensor] = {}
+
+
+def _unit(device: torch.device) -> Tensor:
+    """A float32 1 on ``device``, made once (the check's inverse scale; it is only read)."""
+    if device not in _UNITS:
+        _UNITS[device] = torch.ones(1, device=device)
+    return _UNITS[device]
 
 
 def strategy_weigh(strategy: Strategy, losses: Tensor, scale: float = 1.0) -> Weigh:
