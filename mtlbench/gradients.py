@@ -199,8 +199,8 @@ def split_forward(backbone: nn.Module, heads: Mapping[str, nn.Module], x: Tensor
 def task_vjps(z: Tensor, grad_z: Tensor, targets: list[Tensor], traversal: str,
               retain_graph: bool = True) -> list[Tensor]:
     """Per-task gradients on ``targets`` [n, *t.shape] from ∂L_i/∂z [n, *z.shape]: n vector-Jacobian
-    products through z, as a Python ``loop`` of ``autograd.grad`` calls (each result copied into
-    its row) or one ``batched`` call (``is_grads_batched``: vmap over the backward). A target z
+    products through z, as a Python ``loop`` of ``autograd.grad`` calls (the results stacked) or
+    one ``batched`` call (``is_grads_batched``: vmap over the backward). A target z
     does not reach gets zeros. ``retain_graph=False`` frees the graph with the last product."""
     n = grad_z.shape[0]
     if traversal == "batched":
@@ -445,12 +445,8 @@ def weighted_backward(losses: Tensor | list[Tensor], fwd: BranchedForward,
             found_grads = task_vjps(at, grad_at, direct + [call.output for call in kernel],
                                     engine.traversal, retain_graph=not covers_shared)
             per_param, outputs_grads = found_grads[:len(direct)], found_grads[len(direct):]
-            blocks = [gramian(per_param)] if per_param else []
-            blocks += [linear_gramian(call.input, d, call.module.bias is not None, "kernel")[0]
-                       for call, d in zip(kernel, outputs_grads, strict=True)]
-            gram = blocks[0]
-            for block in blocks[1:]:
-                gram = gram + block  # float32 + float64 blocks add up in float64
+            gram = with_kernel_blocks(gramian(per_param) if per_param else None, kernel,
+                                      outputs_grads)
         else:
             per_param, gram = [], gramian([grad_at])
         grads = TaskGradients(grad_at, [] if kernel else per_param, stats_from_gramian(gram),
@@ -464,10 +460,7 @@ def weighted_backward(losses: Tensor | list[Tensor], fwd: BranchedForward,
         if per_param:  # these parameters' update is at hand: Σ_i w_i g_i (or the strategy's)
             for p, g in zip(direct, update or combine(weights, per_param), strict=True):
                 p.grad = g
-        for call, d in zip(kernel, outputs_grads, strict=True):  # (Σ_i w_i D_i)ᵀ A
-            for p, g in zip(call.module.parameters(), linear_update(call, d, weights),
-                            strict=True):
-                p.grad = g
+        set_kernel_updates(kernel, outputs_grads, weights)
         if covers_shared:
             return None
         return weighted_sum(weights, parts)
@@ -525,7 +518,7 @@ def shared_by_loop(losses: Tensor | list[Tensor], fwd: BranchedForward,
     direct = [p for p in params if id(p) not in in_kernel]
     sizes = [p.numel() for p in direct]
     flat = torch.empty((n, sum(sizes)), dtype=params[0].dtype, device=fwd.at.device)
-    at_branch, outputs_grads = [], [[] for _ in kernel]
+    at_branch, outputs_found = [], [[] for _ in kernel]
     for i in range(n):
         found = torch.autograd.grad(
             losses[i], [*heads[i], fwd.aliases[i], *direct, *(call.output for call in kernel)],
@@ -539,16 +532,12 @@ def shared_by_loop(losses: Tensor | list[Tensor], fwd: BranchedForward,
             torch.cat([torch.zeros(size, dtype=flat.dtype, device=flat.device) if g is None
                        else g.reshape(-1) for g, size in zip(rest[1:1 + len(direct)], sizes,
                                                              strict=True)], out=flat[i])
-        for found_d, g, call in zip(outputs_grads, rest[1 + len(direct):], kernel, strict=True):
+        for found_d, g, call in zip(outputs_found, rest[1 + len(direct):], kernel, strict=True):
             found_d.append(torch.zeros_like(call.output) if g is None else g)
+    outputs_grads = [torch.stack(d) for d in outputs_found]
     per_param = [part.view(n, *p.shape) for part, p in
                  zip(flat.split(sizes, dim=1), direct, strict=True)]
-    blocks = [gramian([flat])] if direct else []
-    blocks += [linear_gramian(call.input, torch.stack(d), call.module.bias is not None,
-                              "kernel")[0] for call, d in zip(kernel, outputs_grads, strict=True)]
-    gram = blocks[0]
-    for block in blocks[1:]:
-        gram = gram + block  # float32 + float64 blocks add up in float64
+    gram = with_kernel_blocks(gramian([flat]) if direct else None, kernel, outputs_grads)
     grads = TaskGradients(torch.stack(at_branch), [] if kernel else per_param,
                           stats_from_gramian(gram), [call.name for call in kernel])
     decision = weigh(grads)
@@ -561,11 +550,29 @@ def shared_by_loop(losses: Tensor | list[Tensor], fwd: BranchedForward,
                    zip(total.split(sizes), direct, strict=True)]
     for p, g in zip(direct, updates, strict=True):
         p.grad = g
-    for call, d in zip(kernel, outputs_grads, strict=True):  # (Σ_i w_i D_i)ᵀ A
-        for p, g in zip(call.module.parameters(), linear_update(call, torch.stack(d),
-                                                                decision.weights), strict=True):
-            p.grad = g
+    set_kernel_updates(kernel, outputs_grads, decision.weights)
     return decision, grads
+
+
+def with_kernel_blocks(gram: Tensor | None, kernel: list[LinearCall],
+                       outputs_grads: list[Tensor]) -> Tensor:
+    """The Gramian over all the parameters: ``gram`` (the per-task gradients' own; None if there
+    are none) plus each kernel layer's block from its input and output gradients [n, ..., out]
+    (float32 and float64 blocks add up in float64)."""
+    for call, d in zip(kernel, outputs_grads, strict=True):
+        block = linear_gramian(call.input, d, call.module.bias is not None, "kernel")[0]
+        gram = block if gram is None else gram + block
+    assert gram is not None, "no gradients"
+    return gram
+
+
+def set_kernel_updates(kernel: list[LinearCall], outputs_grads: list[Tensor],
+                       weights: Tensor) -> None:
+    """Each kernel layer's ``.grad``: (Σ_i w_i D_i)ᵀ A and Σ_rows Σ_i w_i D_i
+    (:func:`linear_update`)."""
+    for call, d in zip(kernel, outputs_grads, strict=True):
+        for p, g in zip(call.module.parameters(), linear_update(call, d, weights), strict=True):
+            p.grad = g
 
 
 def weighted_sum(weights: Tensor, tensors: list[Tensor]) -> Tensor:
