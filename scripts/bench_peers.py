@@ -67,7 +67,8 @@ Python objects and quadprog's numpy arrays are not included. Neither is the proc
     .venv/bin/python scripts/bench_peers.py --model mlp --device cuda --memory
 
 Models: ``mlp`` MLP 784-256-256 (ReLU), linear heads; ``mlp128`` MLP 32-128-128 (the input size
-of ``data=synthetic``; ``--input-dim`` changes it), linear heads; ``lenet`` MultiLeNet on 1x36x36
+of ``data=synthetic``; ``--input-dim`` changes it), linear heads (``--width`` and ``--depth`` change
+either MLP); ``lenet`` MultiLeNet on 1x36x36
 inputs (the MultiMNIST canvas), heads 50-50-10; ``resnet18`` ``model=resnet18`` (torchvision's
 ResNet-18, small stem, fc 512-100 + ReLU) on 1x36x36, linear heads. Batch ``--batch`` (256).
 ``--cases TEXT ...`` times only the rows whose label contains one of the texts (and the floor).
@@ -131,14 +132,18 @@ def make_problem(args: argparse.Namespace, n: int) -> Problem:
         cfg = {"_target_": "mtlbench.models.resnet.ResNet18Backbone", "head_hidden": 0}
         shape = (1, 36, 36)
     else:
-        cfg = {"_target_": "mtlbench.models.mlp.MLPBackbone", "depth": 2, "head_hidden": 0,
-               "width": 256 if args.model == "mlp" else 128}
+        cfg = {"_target_": "mtlbench.models.mlp.MLPBackbone", "depth": args.depth,
+               "head_hidden": 0, "width": mlp_width(args)}
         shape = (input_dim(args),)
     device = torch.device(args.device)
     model = build_model(cfg, shape, tasks).to(device)
     x = torch.randn(args.batch, *shape, device=device)
     y = {t.name: torch.randint(0, 10, (args.batch,), device=device) for t in tasks}
     return Problem(model, tasks, x, y, device)
+
+
+def mlp_width(args: argparse.Namespace) -> int:
+    return args.width or (256 if args.model == "mlp" else 128)
 
 
 def input_dim(args: argparse.Namespace) -> int:
@@ -151,8 +156,9 @@ def describe_model(args: argparse.Namespace) -> str:
     if args.model == "resnet18":
         return ("torchvision ResNet-18 on 1x36x36 (model=resnet18: small stem, fc 512-100 + "
                 "ReLU), linear heads 100-10")
-    width = 256 if args.model == "mlp" else 128
-    return f"MLP {input_dim(args)}-{width}-{width} (ReLU), linear heads {width}-10"
+    width = mlp_width(args)
+    return (f"MLP {input_dim(args)}" + f"-{width}" * args.depth
+            + f" (ReLU), linear heads {width}-10")
 
 
 # ----------------------------------------------------------------------------- the cases
@@ -327,6 +333,7 @@ def one_step(p: Problem, label: str) -> tuple[Tensor, list[Tensor]]:
 
 
 def check(what: str, a: Tensor, b: Tensor, rtol: float) -> None:
+    a, b = a.detach(), b.detach()
     scale = b.abs().max()
     rel = float((a - b).norm() / b.norm())
     assert torch.allclose(a, b, rtol=rtol, atol=rtol * float(scale)), \
@@ -587,6 +594,9 @@ def main() -> None:
                              "floor); the agreement checks run in full")
     parser.add_argument("--tasks", type=int, nargs="+", default=[2, 4, 10])
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--width", type=int, default=0,
+                        help="MLP width (default 256 for mlp, 128 for mlp128)")
+    parser.add_argument("--depth", type=int, default=2, help="MLP hidden layers")
     parser.add_argument("--input-dim", type=int, default=0,
                         help="MLP input size (default 784 for mlp, 32 for mlp128)")
     parser.add_argument("--threads", type=int, default=2)
