@@ -75,13 +75,16 @@ def naive_update(model, x, y, weights) -> dict[str, torch.Tensor]:
     return dict(zip(named, torch.autograd.grad(total, list(named.values())), strict=True))
 
 
-def run_weighted(model, x, y, source: str, weights: torch.Tensor, split_at_last: bool = True):
-    """weighted_backward with fixed ``weights``; returns what the weighing callback saw."""
+def run_weighted(model, x, y, source: str, weights: torch.Tensor, split_at_last: bool = True,
+                 engine: GradientEngine | None = None):
+    """weighted_backward with fixed ``weights`` (with an ``engine``, the linear layers recorded
+    for ``shared``); returns what the weighing callback saw."""
     names = [t.name for t in TASKS]
     params = {"shared": model.shared_parameters, "last_shared": model.last_shared_parameters,
               "representation": list}[source]()
     fwd = split_forward(model.backbone, model.heads, x, names,
-                          at_last_shared=source == "last_shared" and split_at_last)
+                        at_last_shared=source == "last_shared" and split_at_last,
+                        capture_linear=source == "shared" and engine is not None)
     seen = []
 
     def weigh(grads):
@@ -92,7 +95,7 @@ def run_weighted(model, x, y, source: str, weights: torch.Tensor, split_at_last:
     got, grads = weighted_backward(
         losses_of(model, fwd.outputs, y), fwd, params,
         [list(model.heads[n].parameters()) for n in names], model.shared_parameters(), weigh,
-        covers_shared=source == "shared")
+        covers_shared=source == "shared", engine=engine or GradientEngine())
     assert got is weights and seen == [grads]
     return grads, params
 
@@ -276,19 +279,6 @@ def test_gramian_keeps_float32_only_where_it_is_exact() -> None:
 
 
 # ----------------------------------------------------------------------------- the engine
-def run_engine(kind: str, engine: GradientEngine, weights: torch.Tensor,
-               capture_linear: bool = True):
-    """weighted_backward over all shared parameters with fixed weights and ``engine``."""
-    model, x, y = make(kind, head_hidden=4)
-    names, params = [t.name for t in TASKS], model.shared_parameters()
-    fwd = split_forward(model.backbone, model.heads, x, names, capture_linear=capture_linear)
-    _, grads = weighted_backward(
-        losses_of(model, fwd.outputs, y), fwd, params,
-        [list(model.heads[n].parameters()) for n in names], params,
-        lambda g: Decision(weights, weights), covers_shared=True, engine=engine)
-    return model, x, y, grads
-
-
 @pytest.mark.parametrize("kind", BACKBONES)
 @pytest.mark.parametrize("traversal", ["loop", "batched"])
 @pytest.mark.parametrize("linear", ["direct", "kernel", "auto"])
@@ -298,7 +288,9 @@ def test_every_engine_gives_the_naive_gramian_and_update(kind: str, traversal: s
     strategy sees the Gramian of separate per-task backward passes, and every parameter ends
     with ∇ Σ_i w_i L_i (kernel layers: (Σ_i w_i D_i)ᵀA and Σ_rows Σ_i w_i D_i)."""
     weights = torch.tensor([0.5, 2.0, -3.0], dtype=F64)
-    model, x, y, grads = run_engine(kind, GradientEngine(traversal, linear), weights)
+    model, x, y = make(kind, head_hidden=4)
+    grads, _ = run_weighted(model, x, y, "shared", weights,
+                            engine=GradientEngine(traversal, linear))
     rows = torch.stack(naive(model, x, y, model.shared_parameters()))
     assert_close(grads.stats.gramian, rows @ rows.T, rtol=1e-10, atol=1e-12)
     expected = naive_update(model, x, y, weights)
