@@ -31,9 +31,12 @@ from mtlbench.gpus import claim_gpu
 from mtlbench.gradients import (
     Decision,
     GradientEngine,
+    SeparableWeigh,
     TaskGradients,
     Weigh,
     may_take_kernel,
+    scale_heads,
+    shared_by_running_sum,
     split_forward,
     splits_at_last_shared,
     weighted_backward,
@@ -192,7 +195,7 @@ class StepResult:
 def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[str, Tensor],
                strategy: Strategy, optimizer: torch.optim.Optimizer,
                precision: Precision | None = None,
-               engine: GradientEngine | None = None) -> StepResult:
+               engine: GradientEngine | None = None, log_gradients: bool = False) -> StepResult:
     """Forward, per-task losses, (gradient statistics), strategy weights, backward, optimizer step.
 
     One backward either way; a gradient-side strategy is asked for its weights inside it, when the
@@ -201,7 +204,10 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
     logging happens only at log steps, in :func:`log_step`). ``precision``: autocast and, for
     ``16-mixed``, loss scaling (:mod:`mtlbench.precision`); default float32. ``engine``: how
     per-task gradients over the shared parameters are computed (default: ``auto`` for both
-    choices of :class:`mtlbench.gradients.GradientEngine`).
+    choices of :class:`mtlbench.gradients.GradientEngine`). ``log_gradients``: this step's
+    gradient statistics (norms and Gramian) are logged; a ``separable`` weighting, whose
+    weighted gradients are added up task by task (:func:`runs_separably`), computes them only
+    then (``StepResult.grads`` is None otherwise), with the same update either way.
     """
     precision = precision or FULL_PRECISION
     scaler, scale = precision.scaler, precision.scale()
@@ -228,13 +234,22 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
                                                     engine.linear)))
         per_task = task_loss_list(tasks, fwd.outputs, y)
         losses = torch.stack(per_task)
-        weights, grads = weighted_backward(
-            per_task if scaler is None else [scaler.scale(loss) for loss in per_task], fwd,
-            gradient_params(model, source),
-            [model.head_parameters(name) for name in names], model.shared_parameters(),
-            strategy_weigh(strategy, losses.detach(), scale), covers_shared=source == "shared",
-            engine=engine)
-        weights, stats, kernel = weights.detach(), grads.stats, grads.kernel_layers
+        heads = [model.head_parameters(name) for name in names]
+        params = gradient_params(model, source)
+        if runs_separably(strategy, engine, x.device, params, scaler is not None):
+            assert isinstance(strategy, GradientWeighting)
+            decision, kernel, stats = shared_by_running_sum(
+                per_task, fwd, params, heads, separable_weigh(strategy, losses.detach()),
+                engine.linear, statistics=log_gradients)
+            scale_heads(heads, decision.head_weights)
+            weights = decision.weights.detach()
+        else:
+            weights, grads = weighted_backward(
+                per_task if scaler is None else [scaler.scale(loss) for loss in per_task], fwd,
+                params, heads, model.shared_parameters(),
+                strategy_weigh(strategy, losses.detach(), scale),
+                covers_shared=source == "shared", engine=engine)
+            weights, stats, kernel = weights.detach(), grads.stats, grads.kernel_layers
         for part in parts(strategy)[1:]:  # a stacked loss weighting's learned parameters
             if part.parameters():
                 objective = part.objective(losses.detach())
@@ -286,6 +301,33 @@ def _unit(device: torch.device) -> Tensor:
     if device not in _UNITS:
         _UNITS[device] = torch.ones(1, device=device)
     return _UNITS[device]
+
+
+def runs_separably(strategy: Strategy, engine: GradientEngine, device: torch.device,
+                   params: list[torch.nn.Parameter], scaled: bool) -> bool:
+    """Whether the step adds up a ``separable`` weighting's gradients task by task
+    (:func:`mtlbench.gradients.shared_by_running_sum`): ``params=shared`` (of one dtype) with the
+    loop traversal, no stacked loss weighting and no loss scale (``16-mixed``). Decided by the
+    configuration alone, so every step of a run (and of its resumes) takes the same path."""
+    return (isinstance(strategy, GradientWeighting) and strategy.separable
+            and strategy.loss_weighting is None and strategy.gradient_source == "shared"
+            and not scaled and len({p.dtype for p in params}) == 1
+            and engine.resolved(device).traversal == "loop")
+
+
+def separable_weigh(strategy: GradientWeighting, losses: Tensor) -> SeparableWeigh:
+    """A ``separable`` weighting's factors h_i and c, and its decision, for
+    :func:`mtlbench.gradients.shared_by_running_sum`; ``losses`` [n] detached."""
+    each = losses.split(1)
+
+    def own(i: int, norm: Tensor) -> Tensor:
+        return strategy.own_factors(each[i], norm.reshape(1))
+
+    def finish(norms: Tensor, own_factors: Tensor) -> tuple[Tensor | None, Decision]:
+        common = strategy.common_factor(losses, norms)
+        weights = strategy.separated_weights(losses, own_factors, common)
+        return common, Decision(weights, strategy.head_weights(losses, weights))
+    return SeparableWeigh(own, finish)
 
 
 def strategy_weigh(strategy: Strategy, losses: Tensor, scale: float = 1.0) -> Weigh:
@@ -518,8 +560,9 @@ class Loop:
             for step in range(start, total):
                 idx = batch_indices(step, len(data.train), tcfg.batch_size, cfg.seed).to(device)
                 x, y = data.train.batch(idx)
+                logs_gradients = step % tcfg.log_every == 0 and step % tcfg.grad_log_every == 0
                 result = train_step(self.model, tasks, x, y, self.strategy, self.optimizer,
-                                    self.precision, self.engine)
+                                    self.precision, self.engine, logs_gradients)
                 if self.kernel_layers is None and result.kernel_layers is not None:
                     self.kernel_layers = result.kernel_layers
                     log.info("B×B-kernel Gramian for the linear layers: %s",
@@ -538,8 +581,7 @@ class Loop:
                     self.logger.writer.add_scalar("train/skipped_steps", skipped, step)
                 self.schedule.after_step(step, per_epoch)
                 if step % tcfg.log_every == 0:
-                    log_step(self.logger, tasks, step, result,
-                             with_grads=step % tcfg.grad_log_every == 0)
+                    log_step(self.logger, tasks, step, result, with_grads=logs_gradients)
                     self.logger.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"],
                                                   step)
                 if (step + 1) % eval_every == 0 or step + 1 == total:

@@ -182,13 +182,15 @@ def floor_case(p: Problem) -> tuple[MultiTaskModel, Step]:
 
 
 def mtlbench_case(name: str, overrides: dict, engine: GradientEngine | None = None,
+                  log_gradients: bool = False,
                   ) -> Callable[[Problem], tuple[MultiTaskModel, Step]]:
     def build(p: Problem) -> tuple[MultiTaskModel, Step]:
         prepared = prepare(name, overrides, p.model, p.tasks, p.x, p.y)
         if prepared is None:
             raise SystemExit(f"mtlbench strategy {name} {overrides} refused this task set")
         strategy, m, opt = prepared
-        return m, lambda: train_step(m, p.tasks, p.x, p.y, strategy, opt, engine=engine)
+        return m, lambda: train_step(m, p.tasks, p.x, p.y, strategy, opt, engine=engine,
+                                     log_gradients=log_gradients)
     return build
 
 
@@ -301,6 +303,8 @@ CASES: dict[str, Callable[[Problem], tuple[MultiTaskModel, Step]]] = {
                                                    GradientEngine("loop", "kernel")),
     "  engine: batched, linear direct": mtlbench_case("gradnorm_ideal", {},
                                                       GradientEngine("batched", "direct")),
+    "  statistics logged (grad_log_every=1)": mtlbench_case("gradnorm_ideal", {},
+                                                            log_gradients=True),
     "mtlbench gradnorm_ideal[last_shared]": mtlbench_case("gradnorm_ideal",
                                                           {"params": "last_shared"}),
     "mtlbench gradnorm_ideal[representation]": mtlbench_case("gradnorm_ideal",

@@ -10,11 +10,15 @@ from torch.testing import assert_close
 from mtlbench.gradients import (
     Decision,
     GradientEngine,
+    SeparableWeigh,
     gramian,
     linear_gramian,
     linear_method,
+    scale_heads,
+    shared_by_running_sum,
     split_forward,
     splits_at_last_shared,
+    squared_norm,
     stats_from_gramian,
     task_vjps,
     weighted_backward,
@@ -395,3 +399,145 @@ def test_float32_gramian_of_a_long_gradient_keeps_float32_accuracy() -> None:
     got = gramian([g])
     assert got.dtype == torch.float32
     assert_close(got.double(), exact, rtol=1e-5, atol=1e-5 * float(exact[0, 0]))
+
+
+# ----------------------------------------------------------------------------- the running sum
+def fixed_separable(seen: list) -> SeparableWeigh:
+    """h_i = (i + 0.5) / ||g_i||, c = 2.5: weights 2.5 (i + 0.5) / ||g_i||; head weights = w."""
+    def finish(norms, own):
+        seen.append(norms)
+        w = 2.5 * own
+        return torch.tensor(2.5, dtype=F64), Decision(w, w)
+    return SeparableWeigh(lambda i, norm: ((i + 0.5) / norm).reshape(1), finish)
+
+
+@pytest.mark.parametrize("kind", BACKBONES)
+@pytest.mark.parametrize("linear", ["direct", "kernel", "auto"])
+@pytest.mark.parametrize("statistics", [False, True])
+def test_running_sum_gives_the_naive_norms_and_update(kind: str, linear: str,
+                                                      statistics: bool) -> None:
+    """Task by task, h_i g_i added to a running sum (kernel layers: h_i D_i) and the sum times c:
+    every parameter ends with ∇ Σ_i w_i L_i, the norms handed to the weighting are those of
+    separate per-task backward passes, and with ``statistics`` the Gramian is theirs too."""
+    model, x, y = make(kind, head_hidden=4)
+    names = [t.name for t in TASKS]
+    fwd = split_forward(model.backbone, model.heads, x, names, capture_linear=True)
+    heads = [list(model.heads[n].parameters()) for n in names]
+    seen: list = []
+    decision, kernel, stats = shared_by_running_sum(
+        list(losses_of(model, fwd.outputs, y)), fwd, model.shared_parameters(), heads,
+        fixed_separable(seen), linear, statistics=statistics)
+    scale_heads(heads, decision.head_weights)
+    rows = torch.stack(naive(model, x, y, model.shared_parameters()))
+    assert_close(seen[0], rows.norm(dim=1), rtol=1e-10, atol=1e-12)
+    weights = 2.5 * torch.arange(len(TASKS), dtype=F64).add(0.5) / rows.norm(dim=1)
+    assert_close(decision.weights, weights, rtol=1e-10, atol=0)
+    expected = naive_update(model, x, y, weights)
+    for name, p in model.named_parameters():
+        assert_close(p.grad, expected[name], rtol=1e-10, atol=1e-12, msg=name)
+    linears = [name for name, m in model.backbone.named_modules() if isinstance(m, nn.Linear)]
+    assert kernel == {"direct": [], "kernel": linears,
+                      "auto": ["net.3", "net.5"] if kind == "mlp_wide" else []}[linear]
+    if statistics:
+        assert_close(stats.gramian, rows @ rows.T, rtol=1e-10, atol=1e-12)
+        assert torch.equal(stats.norms, seen[0])  # the norms the weights came from
+    else:
+        assert stats is None
+
+
+GRADNORM_VARIANTS = [{}, {"rescale": "mean"}, {"rescale": "max", "log_losses": True},
+                     {"heads": "unweighted"}, {"heads": "unweighted", "log_losses": True}]
+
+
+@pytest.mark.parametrize("overrides", GRADNORM_VARIANTS, ids=str)
+@pytest.mark.parametrize("kind", ["mlp_wide", "lenet"])
+def test_gradnorm_ideal_running_sum_equals_its_gramian_path(overrides: dict, kind: str) -> None:
+    """gradnorm_ideal[shared] takes the running sum on the CPU loop (train.runs_separably); its
+    step equals the Gramian path's (batched VJPs, weights from the Gramian): weights, heads and
+    every parameter's update. Logging the statistics on a step changes no number of it."""
+    from mtlbench.strategies.gradnorm_ideal import GradNormIdeal
+    from mtlbench.train import runs_separably, train_step
+
+    results = {}
+    for label, engine, log in [("gramian", GradientEngine("batched", "auto"), False),
+                               ("running", GradientEngine("loop", "auto"), False),
+                               ("running+stats", GradientEngine("loop", "auto"), True)]:
+        model, x, y = make(kind, head_hidden=4)
+        strategy = GradNormIdeal(**overrides)
+        assert runs_separably(strategy, engine, x.device, model.shared_parameters(),
+                              scaled=False) == (label != "gramian")
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        result = train_step(model, TASKS, x, y, strategy, opt, engine=engine,
+                            log_gradients=log)
+        results[label] = (result, {n: p.grad for n, p in model.named_parameters()})
+    (gram, gram_grads), (run, run_grads), (logged, logged_grads) = results.values()
+    assert_close(run.weights, gram.weights, rtol=1e-12, atol=0)
+    for name, g in gram_grads.items():
+        assert_close(run_grads[name], g, rtol=1e-10, atol=1e-12, msg=name)
+        assert torch.equal(logged_grads[name], run_grads[name]), name
+    assert torch.equal(logged.weights, run.weights)
+    assert run.grads is None and logged.grads is not None
+    assert_close(logged.grads.gramian, gram.grads.gramian, rtol=1e-10, atol=1e-12)
+
+
+def test_runs_separably_only_where_the_running_sum_is_exact() -> None:
+    """Not for a loss scale (16-mixed), a stacked loss weighting, another gradient source, the
+    batched traversal or a non-separable method."""
+    from mtlbench.strategies.gradnorm_ideal import GradNormIdeal
+    from mtlbench.strategies.mgda import MGDA
+    from mtlbench.strategies.uw import UncertaintyWeighting
+    from mtlbench.train import runs_separably
+
+    model, _, _ = make("mlp")
+    params, cpu, loop = model.shared_parameters(), torch.device("cpu"), GradientEngine("loop")
+    assert runs_separably(GradNormIdeal(), loop, cpu, params, scaled=False)
+    assert not runs_separably(GradNormIdeal(), loop, cpu, params, scaled=True)
+    assert not runs_separably(GradNormIdeal(loss_weighting=UncertaintyWeighting()), loop, cpu,
+                              params, scaled=False)
+    assert not runs_separably(GradNormIdeal(params="last_shared"), loop, cpu, params, False)
+    assert not runs_separably(GradNormIdeal(), GradientEngine("batched"), cpu, params, False)
+    assert not runs_separably(GradNormIdeal(), GradientEngine(), torch.device("cuda"), params,
+                              False)
+    assert not runs_separably(MGDA(), loop, cpu, params, scaled=False)
+
+
+def test_squared_norm_keeps_float32_accuracy_and_falls_back_to_float64() -> None:
+    """float32 over 8M entries within 1e-6 of float64 (torch's own float32 norm is 1e-4 off
+    there); entries whose squares float32 cannot hold (1e25, 1e-25) are summed in float64."""
+    gen = torch.Generator().manual_seed(0)
+    g = [torch.randn(8_000_000, generator=gen) * 1e-3 + 1e-3, torch.randn(300, 7, generator=gen)]
+    exact = sum(float(t.double().square().sum()) for t in g)
+    got = squared_norm(g)
+    assert got.dtype == torch.float32
+    assert abs(float(got) / exact - 1) < 1e-6
+    for scale in (1e25, 1e-25):
+        t = [torch.randn(1000, generator=gen) * scale]
+        got = squared_norm(t)
+        assert got.dtype == F64
+        assert_close(got, t[0].double().square().sum(), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("strategy_name", ["gradnorm_ideal", "mgda", "gradnorm_ideal_last"])
+@pytest.mark.parametrize("traversal", ["loop", "batched"])
+@pytest.mark.parametrize("log_gradients", [False, True])
+def test_no_gradient_or_statistic_keeps_a_graph(strategy_name: str, traversal: str,
+                                                log_gradients: bool) -> None:
+    """The kernel path's products from the layers' inputs build no autograd graph: no ``.grad``
+    requires grad (it would keep the step's graph alive until the next step) and neither do the
+    weights or the statistics (kernel layers on ``mlp_wide``; ``last_shared`` split at its
+    input)."""
+    from mtlbench.strategies.gradnorm_ideal import GradNormIdeal
+    from mtlbench.strategies.mgda import MGDA
+    from mtlbench.train import train_step
+
+    model, x, y = make("mlp_wide")
+    strategy = {"gradnorm_ideal": GradNormIdeal(), "mgda": MGDA(),
+                "gradnorm_ideal_last": GradNormIdeal(params="last_shared")}[strategy_name]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    result = train_step(model, TASKS, x, y, strategy, opt,
+                        engine=GradientEngine(traversal, "kernel"), log_gradients=log_gradients)
+    assert result.kernel_layers
+    assert not any(p.grad.requires_grad for p in model.parameters())
+    assert not result.weights.requires_grad
+    if result.grads is not None:
+        assert not result.grads.gramian.requires_grad and not result.grads.norms.requires_grad

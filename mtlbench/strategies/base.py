@@ -150,10 +150,28 @@ class GradientWeighting(Strategy):
     kind = "gramian"
     gradient_source: str = "shared"
     loss_weighting: Strategy | None = None
+    #: Whether w_i = c · h_i, with h_i = :meth:`own_factors` of task i's loss and gradient norm
+    #: alone and c = :meth:`common_factor` of all of them, and :meth:`weights` =
+    #: :meth:`separated_weights` (checked for every such strategy by the property suite). For
+    #: ``shared`` the loop may then add up h_i g_i task by task (one task's gradient held at a
+    #: time, no Gramian) on the steps that do not log gradient statistics.
+    separable: bool = False
 
     def weights(self, losses: Tensor, grads: GradientStats | None = None) -> Tensor:
         """w [n] from ``grads`` (norms [n], Gramian [n, n]); ``losses`` [n] detached."""
         raise NotImplementedError
+
+    def own_factors(self, losses: Tensor, norms: Tensor) -> Tensor:
+        """h [k], elementwise from losses [k] and norms ||g_i|| [k] (``separable`` only)."""
+        raise NotImplementedError
+
+    def common_factor(self, losses: Tensor, norms: Tensor) -> Tensor | None:
+        """c (0-dim) from all losses [n] and norms [n], or None for c = 1 (``separable`` only)."""
+        raise NotImplementedError
+
+    def separated_weights(self, losses: Tensor, own: Tensor, common: Tensor | None) -> Tensor:
+        """w = c · h [n] in the losses' dtype, clamped to its largest finite value."""
+        return finite_weights(own if common is None else own * common, losses)
 
     def head_weights(self, losses: Tensor, weights: Tensor) -> Tensor | None:
         """Factor of head i's gradient ∇L_i [n], or None to leave the heads' gradients as they

@@ -117,11 +117,24 @@ class GradNormIdeal(GradientWeighting):
         nonzero norms), in the losses' dtype (with ``log_losses``: computed in float64)."""
         assert grads is not None, "gradnorm_ideal needs gradient statistics"
         norms = grads.norms.to(device=losses.device)
+        return self.separated_weights(losses, self.own_factors(losses, norms),
+                                      self.common_factor(losses, norms))
+
+    # w_i = s · (1 / ||h_i|| / c_i): the loop may add up g_i / ||h_i|| / c_i task by task
+    separable = True
+
+    def own_factors(self, losses: Tensor, norms: Tensor) -> Tensor:
+        """1 / ||h_i|| / c_i [k] (||h_i|| = ||g_i|| / c_i; a norm of 0, or whose reciprocal
+        overflows, counts as eps), in the losses' dtype (``log_losses``: float64)."""
         c = self.divisors(losses)
         if c is None:
-            return self.normalizers(norms, losses.dtype)
-        a = self.normalizers(norms.to(c.dtype) / c, c.dtype)
-        return finite_weights(a.div_(c), losses)
+            return norms.to(losses.dtype).reciprocal().nan_to_num_(posinf=1.0 / self.eps)
+        return (norms.to(c.dtype) / c).reciprocal().nan_to_num_(posinf=1.0 / self.eps).div_(c)
+
+    def common_factor(self, losses: Tensor, norms: Tensor) -> Tensor | None:
+        """s from the norms ||h_j|| [n] (None for ``rescale=none``)."""
+        c = self.divisors(losses)
+        return self._scale(norms if c is None else norms.to(c.dtype) / c)
 
     def head_weights(self, losses: Tensor, weights: Tensor) -> Tensor | None:
         """``weighted``: w_i; ``unweighted``: 1 / L_i with ``log_losses`` (head i gets

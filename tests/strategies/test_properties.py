@@ -414,3 +414,53 @@ def test_claims_match_the_post():
     for (name, overrides), claims in expected.items():
         strategy = make_strategy(name, dict(overrides))
         assert (strategy.scale_invariant, strategy.shift_invariant) == claims, name
+
+
+# ----------------------------------------------------------------------------- separable weightings
+SEPARABLE = [pytest.param(name, overrides, id=id_) for (name, overrides), id_
+             in zip(VARIANTS, IDS, strict=True)
+             if getattr(make_strategy(name, overrides), "separable", False)]
+
+
+def test_separable_claims_cover_gradnorm_ideal_and_stay_opt_in():
+    separable = {p.values[0] for p in SEPARABLE}
+    assert "gradnorm_ideal" in separable
+    assert not {"mgda", "upgrad", "imtl_g", "db_mtl", "equal"} & separable
+
+
+def separated_step(strategy: Strategy, losses: Tensor, stats: GradientStats,
+                   per_task: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """What the loop's running sum computes: h_i one task at a time, then c; the weights
+    c · h and the update c · Σ_i h_i g_i."""
+    each = losses.split(1)
+    own = torch.cat([strategy.own_factors(each[i], stats.norms[i:i + 1])
+                     for i in range(len(losses))])
+    common = strategy.common_factor(losses, stats.norms)
+    c = 1.0 if common is None else common.to(own.dtype)
+    update = [c * torch.tensordot(own.to(g.dtype), g, dims=1) for g in per_task]
+    return strategy.separated_weights(losses, own, common), update
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize(("name", "overrides"), SEPARABLE)
+def test_separable_weights_are_their_factors_product(name, overrides, n):
+    """A ``separable`` weighting's weights are exactly c · h from its factors (what the loop's
+    running sum uses, one task at a time), for ordinary, extreme and zero losses and gradients,
+    in float32 and float64; and c · Σ_i h_i g_i is the update Σ_i w_i g_i."""
+    strategy = make_strategy(name, overrides)
+    assert strategy.kind == "gramian" and strategy.loss_weighting is None
+    specials = [(), (0.0, 1e-12, 1e8), (1e20, 0.0, 1e-24)]
+    for seed, special in enumerate(specials):
+        for dtype in (torch.float32, F64):
+            for zero_row in (False, True):
+                world = make_world(n, seed, special=special, grad_spread=6.0)
+                if zero_row:
+                    world.raw_grads[0] = 0.0
+                for part in parts(strategy):
+                    part.setup(world.context())
+                step = step_in(world, name, overrides, dtype, stats_dtype=F64)
+                a = (world.scales()[:, None] * world.raw_grads).to(dtype)
+                weights, update = separated_step(strategy, world.losses().to(dtype),
+                                                 world.grads(), [a[:, :2], a[:, 2:]])
+                assert torch.equal(weights, step.weights), (weights, step.weights)
+                assert_close_update(update, step.update, rtol=1e-5 if dtype != F64 else 1e-12)
