@@ -15,7 +15,9 @@ on s (which runs once every ∂L_t/∂s is in, before the gradient enters the ba
   ∂L_i/∂u (:func:`linear_gramian`: either the n gradients D_iᵀA, or, when cheaper, the B×B kernel
   A Aᵀ without forming them); without ``trunk``/``tail`` a batched VJP from z instead;
 * ``shared``: per-task gradients on every backbone parameter, by n vector-Jacobian products from z
-  (:class:`GradientEngine`: a loop of ``autograd.grad`` calls or one batched call), where for each
+  (:class:`GradientEngine`: a loop of ``autograd.grad`` calls, :func:`shared_by_loop`, or one
+  batched call; for a separable weighting w_i = c · h_i the loop instead adds up h_i g_i as each
+  task's gradient arrives, :func:`shared_by_running_sum`), where for each
   ``nn.Linear`` whose batch is small against its width the products stop at the layer's output
   gradients D_i and its Gramian block comes from the B×B kernel of its input (no per-task weight
   gradient formed; :func:`linear_gramian`), chosen per layer by a multiply-add count,

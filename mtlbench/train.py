@@ -190,6 +190,7 @@ class StepResult:
     finite: bool
     applied: bool = True
     kernel_layers: list[str] | None = None
+    running_sum: bool = False
 
 
 def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[str, Tensor],
@@ -212,7 +213,7 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
     precision = precision or FULL_PRECISION
     scaler, scale = precision.scaler, precision.scale()
     optimizer.zero_grad(set_to_none=True)
-    stats, kernel = None, None
+    stats, kernel, running = None, None, False
     if strategy.kind == "loss":
         with precision.autocast():
             outputs = model(x)[1]
@@ -236,7 +237,8 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
         losses = torch.stack(per_task)
         heads = [model.head_parameters(name) for name in names]
         params = gradient_params(model, source)
-        if runs_separably(strategy, engine, x.device, params, scaler is not None):
+        running = runs_separably(strategy, engine, x.device, params, scaler is not None)
+        if running:
             assert isinstance(strategy, GradientWeighting)
             decision, kernel, stats = shared_by_running_sum(
                 per_task, fwd, params, heads, separable_weigh(strategy, losses.detach()),
@@ -266,7 +268,8 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
                 losses.detach(), weights, stats, finite=True, applied=False, kernel_layers=kernel)
     if finite:
         optimizer.step()
-    return StepResult(losses.detach(), weights, stats, finite, kernel_layers=kernel)
+    return StepResult(losses.detach(), weights, stats, finite, kernel_layers=kernel,
+                      running_sum=running)
 
 
 def all_finite(tensors: list[Tensor]) -> bool:
@@ -497,6 +500,8 @@ class Loop:
     engine: GradientEngine = GradientEngine()
     #: the linear layers whose Gramian came from the B×B kernel (first step that reported it)
     kernel_layers: list[str] | None = None
+    #: whether the steps add up a separable weighting's gradients task by task (same step)
+    running_sum: bool = False
     seconds_before: float = 0.0
     started: float = 0.0
     overflow: int = 0
@@ -564,9 +569,11 @@ class Loop:
                 result = train_step(self.model, tasks, x, y, self.strategy, self.optimizer,
                                     self.precision, self.engine, logs_gradients)
                 if self.kernel_layers is None and result.kernel_layers is not None:
-                    self.kernel_layers = result.kernel_layers
-                    log.info("B×B-kernel Gramian for the linear layers: %s",
-                             ", ".join(result.kernel_layers) or "none")
+                    self.kernel_layers, self.running_sum = result.kernel_layers, result.running_sum
+                    log.info("B×B-kernel Gramian for the linear layers: %s%s",
+                             ", ".join(result.kernel_layers) or "none",
+                             "; separable weights: h_i g_i added up task by task, the Gramian "
+                             "only on steps that log it" if result.running_sum else "")
                 if not result.applied:
                     self.overflow += 1
                     self.logger.writer.add_scalar("train/overflow_steps", self.overflow, step)
@@ -610,6 +617,7 @@ class Loop:
             "train_seconds": round(self.seconds(), 3),
             **({"overflow_steps": self.overflow} if self.precision.scaler is not None else {}),
             **({"gradient_engine": {"traversal": self.engine.traversal,
+                                    "running_sum": self.running_sum,
                                     "kernel_layers": self.kernel_layers}}
                if self.kernel_layers is not None else {}),
         }

@@ -6,7 +6,9 @@
 * :class:`GradientWeighting` (Gramian side): weights from :class:`GradientStats` (norms, Gramian) of
   the per-task gradients over a declared ``gradient_source`` (``shared``, ``last_shared``,
   ``representation``); the loop computes them in the one backward and applies Σ_i w_i g_i. A
-  loss-side strategy can be stacked under it (``loss_weighting``).
+  loss-side strategy can be stacked under it (``loss_weighting``). One whose weights factor as
+  w_i = c · h_i, h_i from task i's own loss and gradient norm (``separable``), lets the loop add
+  up h_i g_i task by task without the Gramian.
 * :class:`Combiner`: updates that are not Σ_i w_i g_i for one w (DB-MTL's moving average of gradient
   vectors, GradDrop's sign masks); it receives the per-task gradients of all shared parameters
   with their statistics (:class:`PerTaskGradients`) and returns the shared update.

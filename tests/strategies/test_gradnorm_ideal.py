@@ -223,3 +223,22 @@ def test_log_losses_weights_at_extreme_losses() -> None:
     w = GradNormIdeal(log_losses=True, rescale="max").weights(losses, stats_of(norms))
     s = max(n / loss for n, loss in zip(norms, losses.tolist(), strict=True))  # = 4
     assert w.tolist() == pytest.approx([s / n for n in norms], rel=1e-14)
+
+
+def test_logging_gradient_statistics_changes_no_number(tmp_path: Path) -> None:
+    """gradnorm_ideal[shared] adds up its weighted gradients task by task and forms the Gramian
+    only on the steps that log it, with the same update: two real runs, one logging every step's
+    statistics and one none, end with identical metrics."""
+    import json
+
+    written = []
+    for every in ("1", "1000"):
+        run_dir = tmp_path / every
+        result = run_cli(["train", "strategy=gradnorm_ideal", *FAST, "trainer.log_every=1",
+                          f"trainer.grad_log_every={every}", f"hydra.run.dir={run_dir}"],
+                         cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        written.append(json.loads((run_dir / "metrics.json").read_text()))
+    logged, silent = written
+    assert logged["gradient_engine"]["running_sum"] is True
+    assert logged["tasks"] == silent["tasks"] and logged["val"] == silent["val"]

@@ -89,8 +89,10 @@ def train_end_to_end(tmp_path: Path, name: str, params: str, *extra: str) -> dic
     # auto on the CPU: a loop of VJPs; with batch 32 the second layer of the MLP (128 → 128)
     # takes the B×B kernel (linear_method: 0.7M against 2.1M multiply-adds for n = 4), the first
     # (32 → 128) does not
-    assert written["gradient_engine"] == {"traversal": "loop", "kernel_layers": {
-        "shared": ["net.3"], "last_shared": ["last_shared"]}.get(params, [])}
+    # gradnorm_ideal (separable) adds up its weighted gradients task by task for ``shared``
+    assert written["gradient_engine"] == {
+        "traversal": "loop", "running_sum": name == "gradnorm_ideal" and params == "shared",
+        "kernel_layers": {"shared": ["net.3"], "last_shared": ["last_shared"]}.get(params, [])}
     assert written["strategy"] == name and written["steps"] == 4
     assert written["skipped_steps"] == 0  # every step had finite weights and gradients
     assert written["config"]["strategy.params"] == params
