@@ -51,7 +51,8 @@ class GradientEngine:
 
     Attributes:
         traversal: ``loop``: one ``autograd.grad`` of L_i per task (:func:`shared_by_loop` for
-            ``params=shared``; from z for other parameter sets); ``batched``: one call with
+            ``params=shared``, or :func:`shared_by_running_sum` for a separable weighting; from z
+            for other parameter sets); ``batched``: one call with
             ``is_grads_batched`` (vmap over the backward) from z; ``auto``: ``loop`` on the CPU,
             where it was as fast (within 2 %) or faster on the models measured and held less
             memory on the small ones (``scripts/bench_peers.py``),
