@@ -259,6 +259,14 @@ def kernel_layers(calls: list[LinearCall], params: list[nn.Parameter], n: int,
     return chosen
 
 
+def split_by_kernel(calls: list[LinearCall], params: list[nn.Parameter], n: int,
+                    policy: str) -> tuple[list[LinearCall], list[nn.Parameter]]:
+    """(:func:`kernel_layers`, the other parameters: those that take per-task gradients)."""
+    kernel = kernel_layers(calls, params, n, policy)
+    in_kernel = {id(p) for call in kernel for p in call.module.parameters()}
+    return kernel, [p for p in params if id(p) not in in_kernel]
+
+
 def linear_update(call: LinearCall, grad_output: Tensor, weights: Tensor) -> list[Tensor]:
     """Σ_i w_i ∇L_i on a linear layer's [weight, (bias)] from its input A and the per-task output
     gradients D_i [n, ..., out]: with D = Σ_i w_i D_i, (Dᵀ A, Dᵀ 1), in the parameters' dtype."""
@@ -482,9 +490,8 @@ def weighted_backward(losses: Tensor | list[Tensor], fwd: BranchedForward,
             gram, per_param = linear_gramian(layer_input, grad_at, len(params) > 1, method)
         elif params:
             if covers_shared:
-                kernel = kernel_layers(fwd.linear_calls, params, len(parts), engine.linear)
-            in_kernel = {id(p) for call in kernel for p in call.module.parameters()}
-            direct = [p for p in params if id(p) not in in_kernel]
+                kernel, direct = split_by_kernel(fwd.linear_calls, params, len(parts),
+                                                 engine.linear)
             found_grads = task_vjps(at, grad_at, direct + [call.output for call in kernel],
                                     engine.traversal, retain_graph=not covers_shared)
             per_param, outputs_grads = found_grads[:len(direct)], found_grads[len(direct):]
@@ -556,25 +563,19 @@ def shared_by_loop(losses: Tensor | list[Tensor], fwd: BranchedForward,
     Σ_i w_i g_i one vector-matrix product, and the parameters' ``.grad`` are views of it), the
     kernel layers' output gradients D_i kept instead of their weight gradients."""
     n = len(heads)
-    kernel = kernel_layers(fwd.linear_calls, params, n, linear)
-    in_kernel = {id(p) for call in kernel for p in call.module.parameters()}
-    direct = [p for p in params if id(p) not in in_kernel]
+    kernel, direct = split_by_kernel(fwd.linear_calls, params, n, linear)
     sizes = [p.numel() for p in direct]
     flat = torch.empty((n, sum(sizes)), dtype=params[0].dtype, device=fwd.at.device)
     at_branch, outputs_found = [], [[] for _ in kernel]
     for i in range(n):
-        found = torch.autograd.grad(
-            losses[i], [*heads[i], fwd.aliases[i], *direct, *(call.output for call in kernel)],
-            retain_graph=i + 1 < n, allow_unused=True)
-        add_to_heads(heads[i], found)
-        rest = found[len(heads[i]):]
-        at_branch.append(torch.zeros_like(fwd.at) if rest[0] is None else rest[0])
+        rest = task_gradients(losses[i], heads[i], [fwd.aliases[i], *direct,
+                                                    *(call.output for call in kernel)],
+                              retain_graph=i + 1 < n)
+        at_branch.append(rest[0])
         if direct:
-            torch.cat([torch.zeros(size, dtype=flat.dtype, device=flat.device) if g is None
-                       else g.reshape(-1) for g, size in zip(rest[1:1 + len(direct)], sizes,
-                                                             strict=True)], out=flat[i])
-        for found_d, g, call in zip(outputs_found, rest[1 + len(direct):], kernel, strict=True):
-            found_d.append(torch.zeros_like(call.output) if g is None else g)
+            torch.cat([g.reshape(-1) for g in rest[1:1 + len(direct)]], out=flat[i])
+        for found_d, d in zip(outputs_found, rest[1 + len(direct):], strict=True):
+            found_d.append(d)
     outputs_grads = [torch.stack(d) for d in outputs_found]
     per_param = [part.view(n, *p.shape) for part, p in
                  zip(flat.split(sizes, dim=1), direct, strict=True)]
@@ -616,9 +617,7 @@ def shared_by_running_sum(losses: list[Tensor], fwd: BranchedForward,
         the decision, the kernel layers' names, and the statistics (None without ``statistics``).
     """
     n = len(heads)
-    kernel = kernel_layers(fwd.linear_calls, params, n, linear)
-    in_kernel = {id(p) for call in kernel for p in call.module.parameters()}
-    direct = [p for p in params if id(p) not in in_kernel]
+    kernel, direct = split_by_kernel(fwd.linear_calls, params, n, linear)
     kernels = [input_kernel(call.input, call.module.bias is not None) for call in kernel]
     targets, nd = [*direct, *(call.output for call in kernel)], len(direct)
     rows = (torch.empty((n, sum(p.numel() for p in direct)), dtype=params[0].dtype,
@@ -627,33 +626,19 @@ def shared_by_running_sum(losses: list[Tensor], fwd: BranchedForward,
     total: list[Tensor] = []  # Σ_j h_j g_j over the direct parameters, then over D of each layer
     norms, own = [], []
     for i in range(n):
-        found = torch.autograd.grad(losses[i], [*heads[i], *targets], retain_graph=i + 1 < n,
-                                    allow_unused=True)
-        add_to_heads(heads[i], found)
-        rest = list(found[len(heads[i]):])
-        if any(g is None or g.dtype in HALF for g in rest):
-            rest = [_unhalved(torch.zeros_like(t) if g is None else g)
-                    for g, t in zip(rest, targets, strict=True)]
+        rest = task_gradients(losses[i], heads[i], targets, retain_graph=i + 1 < n)
         if rows is not None:
             torch.cat([g.reshape(-1) for g in rest[:nd]], out=rows[i])
         if statistics:
             kept.append(rest[nd:])
-        squared = squared_norm(rest[:nd]) if direct else None
-        for k, d in zip(kernels, rest[nd:], strict=True):
-            block = kernel_gramian(k, d.unsqueeze(0))[0, 0].clamp_min(0)  # (round-off)
-            squared = block if squared is None else squared + block
-        assert squared is not None, "no gradients"
-        norms.append(squared.sqrt())
+        norms.append(task_squared_norm(rest[:nd], kernels, rest[nd:]).sqrt())
         own.append(weigh.own(i, norms[-1]))
         factors = [own[-1].to(rest[0].dtype)] * len(rest)
         if total:  # one fused pass: total += h · g
             torch._foreach_addcmul_(total, rest, factors)
         else:  # a new tensor each (autograd's results may alias one another)
             total = list(torch._foreach_mul(rest, factors))
-    widest = norms[0].dtype  # float32, or float64 for a task whose squares float32 cannot hold
-    for norm in norms[1:]:
-        widest = torch.promote_types(widest, norm.dtype)
-    all_norms = torch.stack([norm.to(widest) for norm in norms])
+    all_norms = stack_widest(norms)
     common, decision = weigh.finish(all_norms, torch.cat(own))
     if common is not None:
         torch._foreach_mul_(total, common.to(total[0].dtype))
@@ -669,6 +654,42 @@ def shared_by_running_sum(losses: list[Tensor], fwd: BranchedForward,
                                   outputs_grads)
         stats = GradientStats(norms=all_norms.to(gram.dtype), gramian=gram)
     return decision, [call.name for call in kernel], stats
+
+
+def task_gradients(loss: Tensor, heads: list[nn.Parameter], targets: list[Tensor],
+                   retain_graph: bool) -> list[Tensor]:
+    """One task's ``autograd.grad``: its heads' gradients added to their ``.grad``, and the
+    gradients on ``targets`` returned (zeros where the loss does not reach a target; float32 for
+    half-precision ones)."""
+    found = torch.autograd.grad(loss, [*heads, *targets], retain_graph=retain_graph,
+                                allow_unused=True)
+    add_to_heads(heads, found)
+    rest = list(found[len(heads):])
+    if any(g is None or g.dtype in HALF for g in rest):
+        rest = [_unhalved(torch.zeros_like(t) if g is None else g)
+                for g, t in zip(rest, targets, strict=True)]
+    return rest
+
+
+def task_squared_norm(direct: list[Tensor], kernels: list[Tensor],
+                      outputs_grads: list[Tensor]) -> Tensor:
+    """||g_i||² of one task: :func:`squared_norm` of its direct gradients plus ⟨D, K D⟩ for each
+    kernel layer (its input kernel K, its output gradient D)."""
+    squared = squared_norm(direct) if direct else None
+    for k, d in zip(kernels, outputs_grads, strict=True):
+        block = kernel_gramian(k, d.unsqueeze(0))[0, 0].clamp_min(0)  # (round-off)
+        squared = block if squared is None else squared + block
+    assert squared is not None, "no gradients"
+    return squared
+
+
+def stack_widest(values: list[Tensor]) -> Tensor:
+    """0-dim tensors stacked in the widest of their dtypes (float32, or float64 for a task whose
+    squares float32 could not hold)."""
+    widest = values[0].dtype
+    for value in values[1:]:
+        widest = torch.promote_types(widest, value.dtype)
+    return torch.stack([value.to(widest) for value in values])
 
 
 HALF = (torch.bfloat16, torch.float16)
