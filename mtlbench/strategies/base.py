@@ -156,7 +156,7 @@ class GradientWeighting(Strategy):
     #: alone and c = :meth:`common_factor` of all of them, and :meth:`weights` =
     #: :meth:`separated_weights` (checked for every such strategy by the property suite). For
     #: ``shared`` the loop may then add up h_i g_i task by task (one task's gradient held at a
-    #: time, no Gramian) on the steps that do not log gradient statistics.
+    #: time; the Gramian only on the steps that log gradient statistics, with the same update).
     separable: bool = False
 
     def weights(self, losses: Tensor, grads: GradientStats | None = None) -> Tensor:

@@ -73,6 +73,7 @@ class GradNormIdeal(GradientWeighting):
 
     scale_invariant = True
     shift_invariant = True
+    separable = True  # w_i = s · (1 / ||h_i|| / c_i): the loop may add up h_i g_i task by task
 
     def __init__(self, *, params: str = "shared", rescale: str = "none", log_losses: bool = False,
                  heads: str = "weighted", eps: float = 1e-8,
@@ -103,10 +104,14 @@ class GradNormIdeal(GradientWeighting):
         s = norms.mean() if self.rescale == "mean" else norms.max()
         return torch.where(s > 0, s, self.eps)
 
+    def _reciprocals(self, norms: Tensor, dtype: torch.dtype) -> Tensor:
+        """1 / ||h_i|| in ``dtype``; a norm of exactly 0 (or whose reciprocal overflows ``dtype``)
+        counts as eps."""
+        return norms.to(dtype).reciprocal().nan_to_num_(posinf=1.0 / self.eps)
+
     def normalizers(self, norms: Tensor, dtype: torch.dtype) -> Tensor:
-        """s / ||h_i|| [n] in ``dtype`` from the norms ||h_i|| ≥ 0 [n]; a norm of exactly 0 (or
-        whose reciprocal overflows ``dtype``) counts as eps."""
-        a = norms.to(dtype).reciprocal().nan_to_num_(posinf=1.0 / self.eps)
+        """s / ||h_i|| [n] in ``dtype`` from the norms ||h_i|| ≥ 0 [n] (:meth:`_reciprocals`)."""
+        a = self._reciprocals(norms, dtype)
         s = self._scale(norms)
         if s is None:
             return a
@@ -120,16 +125,13 @@ class GradNormIdeal(GradientWeighting):
         return self.separated_weights(losses, self.own_factors(losses, norms),
                                       self.common_factor(losses, norms))
 
-    # w_i = s · (1 / ||h_i|| / c_i): the loop may add up g_i / ||h_i|| / c_i task by task
-    separable = True
-
     def own_factors(self, losses: Tensor, norms: Tensor) -> Tensor:
         """1 / ||h_i|| / c_i [k] (||h_i|| = ||g_i|| / c_i; a norm of 0, or whose reciprocal
         overflows, counts as eps), in the losses' dtype (``log_losses``: float64)."""
         c = self.divisors(losses)
         if c is None:
-            return norms.to(losses.dtype).reciprocal().nan_to_num_(posinf=1.0 / self.eps)
-        return (norms.to(c.dtype) / c).reciprocal().nan_to_num_(posinf=1.0 / self.eps).div_(c)
+            return self._reciprocals(norms, losses.dtype)
+        return self._reciprocals(norms.to(c.dtype) / c, c.dtype).div_(c)
 
     def common_factor(self, losses: Tensor, norms: Tensor) -> Tensor | None:
         """s from the norms ||h_j|| [n] (None for ``rescale=none``)."""
