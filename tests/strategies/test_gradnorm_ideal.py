@@ -225,6 +225,7 @@ def test_log_losses_weights_at_extreme_losses() -> None:
     assert w.tolist() == pytest.approx([s / n for n in norms], rel=1e-14)
 
 
+@pytest.mark.slow  # two real runs (~6 s); test_gradients checks the same per step
 def test_logging_gradient_statistics_changes_no_number(tmp_path: Path) -> None:
     """gradnorm_ideal[shared] adds up its weighted gradients task by task and forms the Gramian
     only on the steps that log it, with the same update: two real runs, one logging every step's
