@@ -312,10 +312,13 @@ def linear_gramian(layer_input: Tensor, grad_output: Tensor, bias: bool,
     return gramian(per_param), per_param
 
 
+HALF = (torch.bfloat16, torch.float16)
+
+
 def _unhalved(t: Tensor) -> Tensor:
     """``t`` in float32 if it is bfloat16 or float16 (autocast): products are taken in float32,
     the parameters' dtype, never accumulated in half precision."""
-    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+    return t.float() if t.dtype in HALF else t
 
 
 def input_kernel(layer_input: Tensor, bias: bool) -> Tensor:
@@ -690,9 +693,6 @@ def stack_widest(values: list[Tensor]) -> Tensor:
     for value in values[1:]:
         widest = torch.promote_types(widest, value.dtype)
     return torch.stack([value.to(widest) for value in values])
-
-
-HALF = (torch.bfloat16, torch.float16)
 
 
 def add_to_heads(heads: list[Tensor], found: tuple[Tensor | None, ...]) -> None:

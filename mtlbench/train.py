@@ -199,10 +199,12 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
                engine: GradientEngine | None = None, log_gradients: bool = False) -> StepResult:
     """Forward, per-task losses, (gradient statistics), strategy weights, backward, optimizer step.
 
-    One backward either way; a gradient-side strategy is asked for its weights inside it, when the
-    gradient reaches the shared representation (:func:`mtlbench.gradients.weighted_backward`).
-    One host sync: the finiteness check of the losses, weights and gradients (the ``.tolist()`` of
-    logging happens only at log steps, in :func:`log_step`). ``precision``: autocast and, for
+    A gradient-side strategy is asked for its weights inside the backward, when the gradient
+    reaches the shared representation (:func:`mtlbench.gradients.weighted_backward`; for
+    ``params=shared`` the engine takes one backward per task instead, and a ``separable``
+    weighting's factors are asked for task by task). One host sync: the finiteness check of the
+    losses, weights and gradients (the ``.tolist()`` of logging happens only at log steps, in
+    :func:`log_step`). ``precision``: autocast and, for
     ``16-mixed``, loss scaling (:mod:`mtlbench.precision`); default float32. ``engine``: how
     per-task gradients over the shared parameters are computed (default: ``auto`` for both
     choices of :class:`mtlbench.gradients.GradientEngine`). ``log_gradients``: this step's
