@@ -541,13 +541,17 @@ def weighted_backward(losses: Tensor | list[Tensor], fwd: BranchedForward,
 
 
 def scale_heads(heads: list[list[nn.Parameter]], head_weights: Tensor | None) -> None:
-    """Head i's ``.grad`` (∇L_i) times h_i (nothing for None)."""
+    """Head i's ``.grad`` (∇L_i) times h_i (nothing for None): one fused in-place multiply."""
     if head_weights is None:
         return
+    grads, factors = [], []
     for task, h in zip(heads, head_weights.tolist(), strict=True):
         for p in task:
             if p.grad is not None:
-                p.grad.mul_(h)
+                grads.append(p.grad)
+                factors.append(h)
+    if grads:
+        torch._foreach_mul_(grads, factors)
 
 
 def total_loss(losses: Tensor | list[Tensor]) -> Tensor:
@@ -599,10 +603,28 @@ def shared_by_loop(losses: Tensor | list[Tensor], fwd: BranchedForward,
     return decision, grads
 
 
+@dataclass
+class RunningSum:
+    """What :func:`shared_by_running_sum` did.
+
+    Attributes:
+        decision: the weighting's :class:`Decision` (weights c · h).
+        kernel_layers: names of the layers whose update came from output gradients.
+        stats: the statistics (with ``statistics``; else None).
+        finite: the parameters whose ``.grad`` is proven finite in every entry without reading it
+            (:func:`bounded_update`); empty when the proof does not go through.
+    """
+
+    decision: Decision
+    kernel_layers: list[str]
+    stats: GradientStats | None
+    finite: list[nn.Parameter]
+
+
 def shared_by_running_sum(losses: list[Tensor], fwd: BranchedForward,
                           params: list[nn.Parameter], heads: list[list[nn.Parameter]],
                           weigh: SeparableWeigh, linear: str, statistics: bool = False,
-                          ) -> tuple[Decision, list[str], GradientStats | None]:
+                          ) -> RunningSum:
     """``params=shared`` for a separable weighting (w_i = c · h_i, :class:`SeparableWeigh`): one
     ``autograd.grad`` of L_i per task, as :func:`shared_by_loop`, but each task's gradient is
     scaled by h_i and added to a running sum Σ_j h_j g_j as soon as its norm is known, so one
@@ -616,8 +638,8 @@ def shared_by_running_sum(losses: list[Tensor], fwd: BranchedForward,
     weights came from). The update is computed the same way either way, so logging the
     statistics on some steps changes no number of the run.
 
-    Returns:
-        the decision, the kernel layers' names, and the statistics (None without ``statistics``).
+    The direct parameters' update needs no finiteness pass of its own where the norms bound it
+    (:func:`bounded_update`): they are then listed in ``RunningSum.finite``.
     """
     n = len(heads)
     kernel, direct = split_by_kernel(fwd.linear_calls, params, n, linear)
@@ -627,7 +649,7 @@ def shared_by_running_sum(losses: list[Tensor], fwd: BranchedForward,
                         device=fwd.at.device) if statistics and direct else None)
     kept: list[list[Tensor]] = []  # with ``statistics``: each task's output gradients D_i
     total: list[Tensor] = []  # Σ_j h_j g_j over the direct parameters, then over D of each layer
-    norms, own = [], []
+    norms, own, used = [], [], []  # used: h_i as multiplied (in the gradients' dtype)
     for i in range(n):
         rest = task_gradients(losses[i], heads[i], targets, retain_graph=i + 1 < n)
         if rows is not None:
@@ -636,7 +658,8 @@ def shared_by_running_sum(losses: list[Tensor], fwd: BranchedForward,
             kept.append(rest[nd:])
         norms.append(task_squared_norm(rest[:nd], kernels, rest[nd:]).sqrt())
         own.append(weigh.own(i, norms[-1]))
-        factors = [own[-1].to(rest[0].dtype)] * len(rest)
+        used.append(own[-1].to(rest[0].dtype))
+        factors = used[-1:] * len(rest)
         if total:  # one fused pass: total += h · g
             torch._foreach_addcmul_(total, rest, factors)
         else:  # a new tensor each (autograd's results may alias one another)
@@ -644,7 +667,8 @@ def shared_by_running_sum(losses: list[Tensor], fwd: BranchedForward,
     all_norms = stack_widest(norms)
     common, decision = weigh.finish(all_norms, torch.cat(own))
     if common is not None:
-        torch._foreach_mul_(total, common.to(total[0].dtype))
+        common = common.to(total[0].dtype)
+        torch._foreach_mul_(total, common)
     for p, g in zip(direct, total, strict=False):
         p.grad = g
     for call, d in zip(kernel, total[nd:], strict=True):
@@ -656,7 +680,21 @@ def shared_by_running_sum(losses: list[Tensor], fwd: BranchedForward,
         gram = with_kernel_blocks(None if rows is None else gramian([rows]), kernel,
                                   outputs_grads)
         stats = GradientStats(norms=all_norms.to(gram.dtype), gramian=gram)
-    return decision, [call.name for call in kernel], stats
+    finite = direct if direct and bounded_update(all_norms, torch.cat(used), common) else []
+    return RunningSum(decision, [call.name for call in kernel], stats, finite)
+
+
+def bounded_update(norms: Tensor, factors: Tensor, common: Tensor | None) -> bool:
+    """Whether c · Σ_i h_i g_i, added up in the factors' dtype, is finite in every entry: true
+    when every ||g_i|| [n] is finite (then so is every entry of g_i) and
+    |c| Σ_i |h_i| ||g_i|| < max / 4 for the dtype's largest finite value ``max`` (each entry of
+    every partial sum is at most that, times (1 + 2⁻²³)^(n+1) for rounding). ``factors``: the h_i
+    [n] and ``common`` c (0-dim or None) as multiplied; read on the host (CPU: no sync)."""
+    limit = torch.finfo(factors.dtype).max / 4
+    bound = sum(abs(h) * g for h, g in zip(factors.tolist(), norms.tolist(), strict=True))
+    if common is not None:
+        bound *= abs(common.item())
+    return bound < limit  # False for NaN and inf
 
 
 def task_gradients(loss: Tensor, heads: list[nn.Parameter], targets: list[Tensor],
@@ -696,10 +734,20 @@ def stack_widest(values: list[Tensor]) -> Tensor:
 
 
 def add_to_heads(heads: list[Tensor], found: tuple[Tensor | None, ...]) -> None:
-    """Each head parameter's ``.grad`` plus its gradient in ``found`` (which starts with them)."""
+    """Each head parameter's ``.grad`` plus its gradient in ``found`` (which starts with them).
+
+    ``autograd.grad`` may return one tensor object for two inputs (e.g. for ``x + a + b`` the
+    gradient passes through to a and b unchanged); a repeated one is copied, so that no two
+    ``.grad`` alias and an in-place change of one (:func:`scale_heads`, a loss scale's unscale)
+    happens once."""
+    given: set[int] = set()
     for p, g in zip(heads, found, strict=False):
         if g is not None:
-            p.grad = g if p.grad is None else p.grad + g
+            if p.grad is not None:
+                p.grad = p.grad + g
+            else:
+                p.grad = g.clone() if id(g) in given else g
+            given.add(id(g))
 
 
 def squared_norm(tensors: list[Tensor]) -> Tensor:

@@ -204,7 +204,8 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
     ``params=shared`` the engine takes one backward per task instead, and a ``separable``
     weighting's factors are asked for task by task). One host sync: the finiteness check of the
     losses, weights and gradients (the ``.tolist()`` of logging happens only at log steps, in
-    :func:`log_step`). ``precision``: autocast and, for
+    :func:`log_step`); the running sum's update is left out of it where its norms prove it finite
+    (:func:`mtlbench.gradients.bounded_update`). ``precision``: autocast and, for
     ``16-mixed``, loss scaling (:mod:`mtlbench.precision`); default float32. ``engine``: how
     per-task gradients over the shared parameters are computed (default: ``auto`` for both
     choices of :class:`mtlbench.gradients.GradientEngine`). ``log_gradients``: this step's
@@ -215,7 +216,7 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
     precision = precision or FULL_PRECISION
     scaler, scale = precision.scaler, precision.scale()
     optimizer.zero_grad(set_to_none=True)
-    stats, kernel, running = None, None, False
+    stats, kernel, running, proven = None, None, False, ()
     if strategy.kind == "loss":
         with precision.autocast():
             outputs = model(x)[1]
@@ -242,11 +243,13 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
         running = runs_separably(strategy, engine, x.device, params, scaler is not None)
         if running:
             assert isinstance(strategy, GradientWeighting)
-            decision, kernel, stats = shared_by_running_sum(
+            summed = shared_by_running_sum(
                 per_task, fwd, params, heads, separable_weigh(strategy, losses.detach()),
                 engine.linear, statistics=log_gradients)
-            scale_heads(heads, decision.head_weights)
-            weights = decision.weights.detach()
+            scale_heads(heads, summed.decision.head_weights)
+            weights = summed.decision.weights.detach()
+            kernel, stats = summed.kernel_layers, summed.stats
+            proven = {id(p) for p in summed.finite}  # bounded by the norms: no pass over them
         else:
             weights, grads = weighted_backward(
                 per_task if scaler is None else [scaler.scale(loss) for loss in per_task], fwd,
@@ -261,7 +264,7 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
     if scaler is not None:
         scaler.unscale_(optimizer)
     grads_of = [p.grad for group in optimizer.param_groups for p in group["params"]
-                if p.grad is not None]
+                if p.grad is not None and id(p) not in proven]
     finite = all_finite([losses.detach(), weights, *grads_of])
     if scaler is not None:
         scaler.update()  # lowers S if unscale_ found a non-finite gradient

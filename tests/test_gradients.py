@@ -424,9 +424,10 @@ def test_running_sum_gives_the_naive_norms_and_update(kind: str, linear: str,
     fwd = split_forward(model.backbone, model.heads, x, names, capture_linear=True)
     heads = [list(model.heads[n].parameters()) for n in names]
     seen: list = []
-    decision, kernel, stats = shared_by_running_sum(
+    summed = shared_by_running_sum(
         list(losses_of(model, fwd.outputs, y)), fwd, model.shared_parameters(), heads,
         fixed_separable(seen), linear, statistics=statistics)
+    decision, kernel, stats = summed.decision, summed.kernel_layers, summed.stats
     scale_heads(heads, decision.head_weights)
     rows = torch.stack(naive(model, x, y, model.shared_parameters()))
     assert_close(seen[0], rows.norm(dim=1), rtol=1e-10, atol=1e-12)
@@ -443,6 +444,10 @@ def test_running_sum_gives_the_naive_norms_and_update(kind: str, linear: str,
         assert torch.equal(stats.norms, seen[0])  # the norms the weights came from
     else:
         assert stats is None
+    in_kernel = {id(p) for name, m in model.backbone.named_modules() if name in kernel
+                 for p in m.parameters()}  # finite norms, moderate factors: proven finite
+    assert [id(p) for p in summed.finite] == [id(p) for p in model.shared_parameters()
+                                              if id(p) not in in_kernel]
 
 
 GRADNORM_VARIANTS = [{}, {"rescale": "mean"}, {"rescale": "max", "log_losses": True},
@@ -541,3 +546,41 @@ def test_no_gradient_or_statistic_keeps_a_graph(strategy_name: str, traversal: s
     assert not result.weights.requires_grad
     if result.grads is not None:
         assert not result.grads.gramian.requires_grad and not result.grads.norms.requires_grad
+
+
+class TwoBiasHead(nn.Module):
+    """A head whose two biases get one gradient tensor from ``autograd.grad`` (x + (a + b))."""
+
+    def __init__(self, d: int, k: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(d, k)
+        self.a = nn.Parameter(torch.zeros(k))
+        self.b = nn.Parameter(torch.zeros(k))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.linear(z) + (self.a + self.b)
+
+
+@pytest.mark.parametrize("path", ["running", "loop"])
+def test_heads_with_one_shared_gradient_tensor_are_weighted_once(path: str) -> None:
+    """``autograd.grad`` hands a and b of ``x + (a + b)`` the same tensor; each ``.grad`` must still
+    be w_i ∇L_i after the heads are weighted (the aliasing tensor would be scaled twice)."""
+    model, x, y = make("mlp")
+    model.heads["r"] = TwoBiasHead(model.backbone.out_dim, 3).to(F64)
+    names = [t.name for t in TASKS]
+    heads = [list(model.heads[n].parameters()) for n in names]
+    weights = torch.tensor([0.5, 2.0, -3.0], dtype=F64)
+    if path == "running":
+        fwd = split_forward(model.backbone, model.heads, x, names, capture_linear=True)
+        summed = shared_by_running_sum(
+            list(losses_of(model, fwd.outputs, y)), fwd, model.shared_parameters(), heads,
+            SeparableWeigh(lambda i, norm: weights[i:i + 1],
+                           lambda norms, own: (None, Decision(own, own))), "direct")
+        scale_heads(heads, summed.decision.head_weights)
+    else:
+        run_weighted(model, x, y, "shared", weights, engine=GradientEngine("loop", "direct"))
+    expected = naive_update(model, x, y, weights)
+    for name, p in model.named_parameters():
+        assert_close(p.grad, expected[name], rtol=1e-10, atol=1e-12, msg=name)
+    head = model.heads["r"]
+    assert head.a.grad.data_ptr() != head.b.grad.data_ptr()

@@ -243,3 +243,29 @@ def test_logging_gradient_statistics_changes_no_number(tmp_path: Path) -> None:
     logged, silent = written
     assert logged["gradient_engine"]["running_sum"] is True
     assert logged["tasks"] == silent["tasks"] and logged["val"] == silent["val"]
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), 1.2e38])
+@pytest.mark.parametrize("rescale", ["none", "max"])
+def test_running_sum_never_applies_a_non_finite_update(bad: float, rescale: str) -> None:
+    """float32, the running sum (train.runs_separably): every entry of one shared bias's per-task
+    gradients set to inf, NaN or 1.2e38 by a hook. 1.2e38 is finite, and so are the norms
+    (||g_i|| ≈ 3.2e38), but with ``max`` (s ≈ 3.2e38) the bias's update, s Σ_i g_i / ||g_i||,
+    overflows. Applied (SGD, lr 1: p - ∇) exactly when every ``.grad`` is finite, else no
+    parameter moves: the norms prove the shared update finite (``gradients.bounded_update``) only
+    where it is."""
+    from mtlbench.gradients import GradientEngine
+    from mtlbench.train import runs_separably
+    model, x, y = setup_model()
+    model, x = model.float(), x.float()
+    y = {k: (v.float() if v.is_floating_point() else v) for k, v in y.items()}
+    strategy = GradNormIdeal(rescale=rescale)
+    shared = model.shared_parameters()
+    assert runs_separably(strategy, GradientEngine(), x.device, shared, scaled=False)
+    shared[1].register_hook(lambda g: torch.full_like(g, bad))
+    before = [p.detach().clone() for p in model.parameters()]
+    result = train_step(model, TASKS, x, y, strategy, torch.optim.SGD(model.parameters(), lr=1.0))
+    finite = all(bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+    assert result.finite == finite == (bad == 1.2e38 and rescale == "none")
+    for b, p in zip(before, model.parameters(), strict=True):
+        assert torch.equal(p.detach(), b - p.grad if finite else b)
