@@ -160,12 +160,14 @@ class SeparableWeigh:
     asks for it.
 
     Attributes:
-        own: ``own(i, ||g_i||)`` → h_i (shape [1]), called once task i's gradient is known.
+        own: ``own(tasks, norms)`` → the h_i [k] of the tasks in the slice ``tasks`` from their
+            norms ||g_i|| [k], called once their gradients are known (a block of tasks,
+            :func:`tasks_per_block`, in task order).
         finish: ``finish(norms [n], h [n])`` → (c, 0-dim, or None for 1; the :class:`Decision`,
             whose weights are c · h), called after the last task.
     """
 
-    own: Callable[[int, Tensor], Tensor]
+    own: Callable[[slice, Tensor], Tensor]
     finish: Callable[[Tensor, Tensor], tuple[Tensor | None, Decision]]
 
 
@@ -649,22 +651,29 @@ def shared_by_running_sum(losses: list[Tensor], fwd: BranchedForward,
                         device=fwd.at.device) if statistics and direct else None)
     kept: list[list[Tensor]] = []  # with ``statistics``: each task's output gradients D_i
     total: list[Tensor] = []  # Σ_j h_j g_j over the direct parameters, then over D of each layer
-    norms, own, used = [], [], []  # used: h_i as multiplied (in the gradients' dtype)
-    for i in range(n):
-        rest = task_gradients(losses[i], heads[i], targets, retain_graph=i + 1 < n)
-        if rows is not None:
-            torch.cat([g.reshape(-1) for g in rest[:nd]], out=rows[i])
-        if statistics:
-            kept.append(rest[nd:])
-        norms.append(task_squared_norm(rest[:nd], kernels, rest[nd:]).sqrt())
-        own.append(weigh.own(i, norms[-1]))
-        used.append(own[-1].to(rest[0].dtype))
-        factors = used[-1:] * len(rest)
-        if total:  # one fused pass: total += h · g
-            torch._foreach_addcmul_(total, rest, factors)
-        else:  # a new tensor each (autograd's results may alias one another)
-            total = list(torch._foreach_mul(rest, factors))
-    all_norms = stack_widest(norms)
+    norms, own, used = [], [], []  # per block; used: the h_i as multiplied (gradients' dtype)
+    size = tasks_per_block(targets, n)
+    for start in range(0, n, size):
+        block = range(start, min(start + size, n))
+        found = [task_gradients(losses[i], heads[i], targets, retain_graph=i + 1 < n)
+                 for i in block]
+        for i, rest in zip(block, found, strict=True):
+            if rows is not None:
+                torch.cat([g.reshape(-1) for g in rest[:nd]], out=rows[i])
+            if statistics:
+                kept.append(rest[nd:])
+        norms.append(block_squared_norms([rest[:nd] for rest in found], kernels,
+                                         [rest[nd:] for rest in found]).sqrt())
+        own.append(weigh.own(slice(block.start, block.stop), norms[-1]))
+        used.append(own[-1].to(found[0][0].dtype))
+        for rest, h in zip(found, used[-1].unbind(), strict=True):
+            factors = [h] * len(rest)
+            if total:  # one fused pass: total += h · g
+                torch._foreach_addcmul_(total, rest, factors)
+            else:  # a new tensor each (autograd's results may alias one another)
+                total = list(torch._foreach_mul(rest, factors))
+        del found  # the block's gradients
+    all_norms = torch.cat(norms)  # float32, or float64 where a block's squares needed it
     common, decision = weigh.finish(all_norms, torch.cat(own))
     if common is not None:
         common = common.to(total[0].dtype)
@@ -712,25 +721,30 @@ def task_gradients(loss: Tensor, heads: list[nn.Parameter], targets: list[Tensor
     return rest
 
 
-def task_squared_norm(direct: list[Tensor], kernels: list[Tensor],
-                      outputs_grads: list[Tensor]) -> Tensor:
-    """||g_i||² of one task: :func:`squared_norm` of its direct gradients plus ⟨D, K D⟩ for each
-    kernel layer (its input kernel K, its output gradient D)."""
-    squared = squared_norm(direct) if direct else None
-    for k, d in zip(kernels, outputs_grads, strict=True):
-        block = kernel_gramian(k, d.unsqueeze(0))[0, 0].clamp_min(0)  # (round-off)
-        squared = block if squared is None else squared + block
-    assert squared is not None, "no gradients"
-    return squared
+#: Bytes of per-task gradients :func:`shared_by_running_sum` holds at once (besides the running
+#: sum): tasks are taken in blocks of as many as fit, at least one, and each block's norms and
+#: factors come from one fused call each (``scripts/bench_peers.py``: 2-5 % of a ~1 ms MLP step).
+#: Models with more than 1 MiB of shared gradients go task by task.
+RUNNING_SUM_BLOCK_BYTES = 1 << 20
 
 
-def stack_widest(values: list[Tensor]) -> Tensor:
-    """0-dim tensors stacked in the widest of their dtypes (float32, or float64 for a task whose
-    squares float32 could not hold)."""
-    widest = values[0].dtype
-    for value in values[1:]:
-        widest = torch.promote_types(widest, value.dtype)
-    return torch.stack([value.to(widest) for value in values])
+def tasks_per_block(targets: list[Tensor], n: int) -> int:
+    """How many tasks' gradients on ``targets`` fit in :data:`RUNNING_SUM_BLOCK_BYTES` (1 to n)."""
+    per_task = sum(t.numel() * t.element_size() for t in targets)
+    return max(1, min(n, RUNNING_SUM_BLOCK_BYTES // max(per_task, 1)))
+
+
+def block_squared_norms(direct: list[list[Tensor]], kernels: list[Tensor],
+                        outputs_grads: list[list[Tensor]]) -> Tensor:
+    """||g_i||² [k] of k tasks: :func:`squared_norms` of their direct gradients plus ⟨D, K D⟩ for
+    each kernel layer (its input kernel K, the task's output gradient D)."""
+    total = squared_norms(direct) if direct[0] else None
+    for j, k in enumerate(kernels):
+        blocks = torch.stack([kernel_gramian(k, grads[j].unsqueeze(0))[0, 0]
+                              for grads in outputs_grads]).clamp_min(0)  # (round-off)
+        total = blocks if total is None else total + blocks
+    assert total is not None, "no gradients"
+    return total
 
 
 def add_to_heads(heads: list[Tensor], found: tuple[Tensor | None, ...]) -> None:
@@ -751,21 +765,32 @@ def add_to_heads(heads: list[Tensor], found: tuple[Tensor | None, ...]) -> None:
 
 
 def squared_norm(tensors: list[Tensor]) -> Tensor:
-    """Σ_k ||t_k||² (0-dim), with :func:`gramian`'s guarantees: on the CPU in float32 (tensors of
-    at most :data:`FLOAT32_GRAMIAN_CHUNK` entries by one fused norm, longer ones by BLAS dot
-    products over pieces of at most :data:`FLOAT32_NORM_CHUNK`), kept where
-    :func:`float32_is_safe`; else in float64 (:func:`wide`)."""
-    assert tensors, "no gradients"
-    if tensors[0].dtype == torch.float32 and tensors[0].device.type == "cpu":
-        short = [t for t in tensors if t.numel() <= FLOAT32_GRAMIAN_CHUNK]
-        squares = [torch.dot(piece, piece) for t in tensors if t.numel() > FLOAT32_GRAMIAN_CHUNK
-                   for piece in t.reshape(-1).split(FLOAT32_NORM_CHUNK)]
-        if short:
-            squares.append(torch.stack(torch._foreach_norm(short)).square().sum())
-        squared = torch.stack(squares).sum() if len(squares) > 1 else squares[0]
-        if float32_is_safe(squared.reshape(1)):
+    """Σ_k ||t_k||² (0-dim) of one task's gradients: :func:`squared_norms`."""
+    return squared_norms([tensors])[0]
+
+
+def squared_norms(per_task: list[list[Tensor]]) -> Tensor:
+    """Σ_k ||t_k||² [m] of each of m tasks' gradients (lists of like tensors), with
+    :func:`gramian`'s guarantees: on the CPU in float32 (tensors of at most
+    :data:`FLOAT32_GRAMIAN_CHUNK` entries by one fused norm over all tasks, longer ones by BLAS dot
+    products over pieces of at most :data:`FLOAT32_NORM_CHUNK`), kept where :func:`float32_is_safe`
+    for every task; else in float64 (:func:`wide`)."""
+    first, m = per_task[0][0], len(per_task)
+    if first.dtype == torch.float32 and first.device.type == "cpu":
+        short = [t for tensors in per_task for t in tensors if t.numel() <= FLOAT32_GRAMIAN_CHUNK]
+        parts = [torch.stack(torch._foreach_norm(short)).view(m, -1).square().sum(1)] if short \
+            else []
+        if len(short) < m * len(per_task[0]):  # long ones: per task, BLAS dots over pieces
+            parts.append(torch.stack([
+                torch.stack([torch.dot(piece, piece) for t in tensors
+                             if t.numel() > FLOAT32_GRAMIAN_CHUNK
+                             for piece in t.reshape(-1).split(FLOAT32_NORM_CHUNK)]).sum()
+                for tensors in per_task]))
+        squared = parts[0] if len(parts) == 1 else parts[1] + parts[0]
+        if float32_is_safe(squared):
             return squared
-    return torch.stack(torch._foreach_norm(tensors, dtype=wide(tensors[0]))).square().sum()
+    flat = [t for tensors in per_task for t in tensors]
+    return torch.stack(torch._foreach_norm(flat, dtype=wide(first))).view(m, -1).square().sum(1)
 
 
 #: Entries per float32 dot product in :func:`squared_norm`. On gradient-like data (mean 1e-3, sd

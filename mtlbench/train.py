@@ -326,10 +326,8 @@ def runs_separably(strategy: Strategy, engine: GradientEngine, device: torch.dev
 def separable_weigh(strategy: GradientWeighting, losses: Tensor) -> SeparableWeigh:
     """A ``separable`` weighting's factors h_i and c, and its decision, for
     :func:`mtlbench.gradients.shared_by_running_sum`; ``losses`` [n] detached."""
-    each = losses.split(1)
-
-    def own(i: int, norm: Tensor) -> Tensor:
-        return strategy.own_factors(each[i], norm.reshape(1))
+    def own(tasks: slice, norms: Tensor) -> Tensor:
+        return strategy.own_factors(losses[tasks], norms)
 
     def finish(norms: Tensor, own_factors: Tensor) -> tuple[Tensor | None, Decision]:
         common = strategy.common_factor(losses, norms)

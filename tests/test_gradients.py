@@ -408,18 +408,25 @@ def fixed_separable(seen: list) -> SeparableWeigh:
         seen.append(norms)
         w = 2.5 * own
         return torch.tensor(2.5, dtype=F64), Decision(w, w)
-    return SeparableWeigh(lambda i, norm: ((i + 0.5) / norm).reshape(1), finish)
+    return SeparableWeigh(
+        lambda tasks, norms: (torch.arange(tasks.start, tasks.stop, dtype=F64) + 0.5) / norms,
+        finish)
 
 
 @pytest.mark.parametrize("kind", BACKBONES)
 @pytest.mark.parametrize("linear", ["direct", "kernel", "auto"])
 @pytest.mark.parametrize("statistics", [False, True])
-def test_running_sum_gives_the_naive_norms_and_update(kind: str, linear: str,
-                                                      statistics: bool) -> None:
-    """Task by task, h_i g_i added to a running sum (kernel layers: h_i D_i) and the sum times c:
-    every parameter ends with ∇ Σ_i w_i L_i, the norms handed to the weighting are those of
-    separate per-task backward passes, and with ``statistics`` the Gramian is theirs too."""
+@pytest.mark.parametrize("block", [1, 2, 3])
+def test_running_sum_gives_the_naive_norms_and_update(kind: str, linear: str, statistics: bool,
+                                                      block: int, monkeypatch) -> None:
+    """Block by block (1, 2 or all 3 tasks), h_i g_i added to a running sum (kernel layers:
+    h_i D_i) and the sum times c: every parameter ends with ∇ Σ_i w_i L_i, the norms handed to the
+    weighting are those of separate per-task backward passes, and with ``statistics`` the Gramian
+    is theirs too."""
+    import mtlbench.gradients as gradients
     model, x, y = make(kind, head_hidden=4)
+    if block < 3:  # (these models are small enough for one block)
+        monkeypatch.setattr(gradients, "tasks_per_block", lambda targets, n: block)
     names = [t.name for t in TASKS]
     fwd = split_forward(model.backbone, model.heads, x, names, capture_linear=True)
     heads = [list(model.heads[n].parameters()) for n in names]
@@ -522,6 +529,40 @@ def test_squared_norm_keeps_float32_accuracy_and_falls_back_to_float64() -> None
         assert_close(got, t[0].double().square().sum(), rtol=1e-12, atol=0)
 
 
+def test_tasks_per_block_fit_the_byte_budget() -> None:
+    """As many tasks as fit in RUNNING_SUM_BLOCK_BYTES (1 MiB), at least one, at most n."""
+    from mtlbench.gradients import RUNNING_SUM_BLOCK_BYTES, tasks_per_block
+    assert RUNNING_SUM_BLOCK_BYTES == 1 << 20
+    mlp128 = [torch.empty(128, 32), torch.empty(128), torch.empty(128, 128), torch.empty(128)]
+    assert [tasks_per_block(mlp128, n) for n in (1, 2, 10, 40)] == [1, 2, 10, 12]  # 84 KB a task
+    assert tasks_per_block([torch.empty(256, 784), torch.empty(256)], 10) == 1  # 803 KB
+    assert tasks_per_block([torch.empty(256, 1024)], 10) == 1  # 1 MiB + nothing: 1
+    assert tasks_per_block([torch.empty(256, 1024, dtype=F64)], 10) == 1  # 2 MiB: still 1
+    assert tasks_per_block([torch.empty(64, 1024, dtype=F64)], 10) == 2
+
+
+def test_squared_norms_of_a_block_are_each_tasks_own() -> None:
+    """Three tasks at once (a long tensor of 300k entries: dot products over pieces; short ones:
+    one fused norm over all tasks): each within 1e-6 of its float64 value, and equal to the task
+    taken alone. One task whose squares float32 cannot hold sends the whole block to float64."""
+    from mtlbench.gradients import squared_norms
+    gen = torch.Generator().manual_seed(0)
+    tasks = [[torch.randn(300_000, generator=gen) * s, torch.randn(30, 7, generator=gen) * s,
+              torch.randn(5, generator=gen)] for s in (1e-3, 1.0, 2e2)]
+    exact = torch.tensor([sum(float(t.double().square().sum()) for t in ts) for ts in tasks],
+                         dtype=F64)
+    got = squared_norms(tasks)
+    assert got.dtype == torch.float32 and got.shape == (3,)
+    assert_close(got.double(), exact, rtol=1e-6, atol=0)
+    for j, ts in enumerate(tasks):
+        assert_close(squared_norm(ts), got[j], rtol=1e-6, atol=0)
+    tasks[1][2] = tasks[1][2] * 1e25
+    got = squared_norms(tasks)
+    assert got.dtype == F64
+    exact[1] = sum(float(t.double().square().sum()) for t in tasks[1])
+    assert_close(got, exact, rtol=1e-12, atol=0)
+
+
 @pytest.mark.parametrize("strategy_name", ["gradnorm_ideal", "mgda", "gradnorm_ideal_last"])
 @pytest.mark.parametrize("traversal", ["loop", "batched"])
 @pytest.mark.parametrize("log_gradients", [False, True])
@@ -574,7 +615,7 @@ def test_heads_with_one_shared_gradient_tensor_are_weighted_once(path: str) -> N
         fwd = split_forward(model.backbone, model.heads, x, names, capture_linear=True)
         summed = shared_by_running_sum(
             list(losses_of(model, fwd.outputs, y)), fwd, model.shared_parameters(), heads,
-            SeparableWeigh(lambda i, norm: weights[i:i + 1],
+            SeparableWeigh(lambda tasks, norms: weights[tasks],
                            lambda norms, own: (None, Decision(own, own))), "direct")
         scale_heads(heads, summed.decision.head_weights)
     else:
