@@ -182,11 +182,12 @@ def splits_at_last_shared(backbone: nn.Module) -> bool:
 
 def split_forward(backbone: nn.Module, heads: Mapping[str, nn.Module], x: Tensor,
                   names: list[str], at_last_shared: bool = False,
-                  capture_linear: bool = False) -> BranchedForward:
+                  capture_linear: bool = False, aliased: bool = True) -> BranchedForward:
     """Forward pass with one alias per task of z = backbone(x) or, with ``at_last_shared``, of
     u = last_shared(trunk(x)) (then z_t = tail(u_t) per task). Numerically identical to
     ``model(x)``. ``capture_linear``: also record the input and output of each ``nn.Linear`` of the
-    backbone (forward hooks, removed before returning)."""
+    backbone (forward hooks, removed before returning). ``aliased=False``: every task reads z
+    itself (for a caller that needs no per-task ∂L_t/∂z)."""
     if capture_linear and not at_last_shared:
         calls: dict[str, list[LinearCall]] = {}
 
@@ -199,7 +200,7 @@ def split_forward(backbone: nn.Module, heads: Mapping[str, nn.Module], x: Tensor
         handles = [module.register_forward_hook(recorder(name))
                    for name, module in backbone.named_modules() if isinstance(module, nn.Linear)]
         try:
-            fwd = split_forward(backbone, heads, x, names)
+            fwd = split_forward(backbone, heads, x, names, aliased=aliased)
         finally:
             for handle in handles:
                 handle.remove()
@@ -212,7 +213,7 @@ def split_forward(backbone: nn.Module, heads: Mapping[str, nn.Module], x: Tensor
         zs = [backbone.tail(alias) for alias in aliases]
     else:
         layer_input, at = None, backbone(x)
-        aliases = [at.view_as(at) for _ in names]
+        aliases = [at.view_as(at) if aliased else at for _ in names]
         zs = aliases
     outputs = {name: heads[name](z) for name, z in zip(names, zs, strict=True)}
     return BranchedForward(at, aliases, outputs, layer_input)

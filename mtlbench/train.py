@@ -57,6 +57,7 @@ log = logging.getLogger("mtlbench")
 LINEAR_POLICY = {"auto": "by multiply-add count", "direct": "from per-task weight gradients",
                  "kernel": "from the B×B kernel"}
 FULL_PRECISION = Precision()
+AUTO_ENGINE = GradientEngine()
 HALF = (torch.bfloat16, torch.float16)
 
 
@@ -229,18 +230,19 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
         (total if scaler is None else scaler.scale(total)).backward()
     else:  # gramian or combiner: the per-task gradients are weighed inside the one backward
         names, source = [t.name for t in tasks], strategy.gradient_source
-        engine = engine or GradientEngine()
+        engine = engine or AUTO_ENGINE
+        heads = [model.head_parameters(name) for name in names]
+        params = gradient_params(model, source)
+        running = runs_separably(strategy, engine, x.device, params, scaler is not None)
         with precision.autocast():  # a combiner needs every gradient: no kernel path for it
             fwd = split_forward(model.backbone, model.heads, x, names, at_last_shared=(
                 source == "last_shared" and splits_at_last_shared(model.backbone)),
                 capture_linear=(source == "shared" and strategy.kind == "gramian"
                                 and may_take_kernel(model.backbone, len(x), len(tasks),
-                                                    engine.linear)))
+                                                    engine.linear)),
+                aliased=not running)  # the running sum differentiates the losses themselves
         per_task = task_loss_list(tasks, fwd.outputs, y)
         losses = torch.stack(per_task)
-        heads = [model.head_parameters(name) for name in names]
-        params = gradient_params(model, source)
-        running = runs_separably(strategy, engine, x.device, params, scaler is not None)
         if running:
             assert isinstance(strategy, GradientWeighting)
             summed = shared_by_running_sum(
