@@ -242,11 +242,11 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
                                                     engine.linear)),
                 aliased=not running)  # the running sum differentiates the losses themselves
         per_task = task_loss_list(tasks, fwd.outputs, y)
-        losses = torch.stack(per_task)
+        losses = torch.stack(per_task).detach()  # (each task's graph is its own scalar's)
         if running:
             assert isinstance(strategy, GradientWeighting)
             summed = shared_by_running_sum(
-                per_task, fwd, params, heads, separable_weigh(strategy, losses.detach()),
+                per_task, fwd, params, heads, separable_weigh(strategy, losses),
                 engine.linear, statistics=log_gradients)
             scale_heads(heads, summed.decision.head_weights)
             weights = summed.decision.weights.detach()
@@ -256,26 +256,27 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
             weights, grads = weighted_backward(
                 per_task if scaler is None else [scaler.scale(loss) for loss in per_task], fwd,
                 params, heads, model.shared_parameters(),
-                strategy_weigh(strategy, losses.detach(), scale),
+                strategy_weigh(strategy, losses, scale),
                 covers_shared=source == "shared", engine=engine)
             weights, stats, kernel = weights.detach(), grads.stats, grads.kernel_layers
         for part in parts(strategy)[1:]:  # a stacked loss weighting's learned parameters
             if part.parameters():
-                objective = part.objective(losses.detach())
+                objective = part.objective(losses)
                 (objective if scaler is None else scaler.scale(objective)).backward()
     if scaler is not None:
         scaler.unscale_(optimizer)
     grads_of = [p.grad for group in optimizer.param_groups for p in group["params"]
                 if p.grad is not None and id(p) not in proven]
-    finite = all_finite([losses.detach(), weights, *grads_of])
+    losses = losses.detach()
+    finite = all_finite([losses, weights, *grads_of])
     if scaler is not None:
         scaler.update()  # lowers S if unscale_ found a non-finite gradient
-        if not finite and all_finite([losses.detach()]):  # the gradients overflowed S (and the
+        if not finite and all_finite([losses]):  # the gradients overflowed S (and the
             return StepResult(  # weights derived from them with it)
-                losses.detach(), weights, stats, finite=True, applied=False, kernel_layers=kernel)
+                losses, weights, stats, finite=True, applied=False, kernel_layers=kernel)
     if finite:
         optimizer.step()
-    return StepResult(losses.detach(), weights, stats, finite, kernel_layers=kernel,
+    return StepResult(losses, weights, stats, finite, kernel_layers=kernel,
                       running_sum=running)
 
 
@@ -321,8 +322,8 @@ def runs_separably(strategy: Strategy, engine: GradientEngine, device: torch.dev
     configuration alone, so every step of a run (and of its resumes) takes the same path."""
     return (isinstance(strategy, GradientWeighting) and strategy.separable
             and strategy.loss_weighting is None and strategy.gradient_source == "shared"
-            and not scaled and len({p.dtype for p in params}) == 1
-            and engine.resolved(device).traversal == "loop")
+            and not scaled and bool(params) and all(p.dtype == params[0].dtype for p in params)
+            and (engine.traversal == "loop" or engine.resolved(device).traversal == "loop"))
 
 
 def separable_weigh(strategy: GradientWeighting, losses: Tensor) -> SeparableWeigh:
