@@ -674,8 +674,8 @@ def shared_by_running_sum(losses: list[Tensor], fwd: BranchedForward,
             else:  # a new tensor each (autograd's results may alias one another)
                 total = list(torch._foreach_mul(rest, factors))
         del found  # the block's gradients
-    all_norms = torch.cat(norms)  # float32, or float64 where a block's squares needed it
-    common, decision = weigh.finish(all_norms, torch.cat(own))
+    all_norms = joined(norms)  # float32, or float64 where a block's squares needed it
+    common, decision = weigh.finish(all_norms, joined(own))
     if common is not None:
         common = common.to(total[0].dtype)
         torch._foreach_mul_(total, common)
@@ -690,8 +690,13 @@ def shared_by_running_sum(losses: list[Tensor], fwd: BranchedForward,
         gram = with_kernel_blocks(None if rows is None else gramian([rows]), kernel,
                                   outputs_grads)
         stats = GradientStats(norms=all_norms.to(gram.dtype), gramian=gram)
-    finite = direct if direct and bounded_update(all_norms, torch.cat(used), common) else []
+    finite = direct if direct and bounded_update(all_norms, joined(used), common) else []
     return RunningSum(decision, [call.name for call in kernel], stats, finite)
+
+
+def joined(blocks: list[Tensor]) -> Tensor:
+    """The blocks' values in one tensor (the one block itself, uncopied, when there is one)."""
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
 
 
 def bounded_update(norms: Tensor, factors: Tensor, common: Tensor | None) -> bool:
