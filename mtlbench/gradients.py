@@ -616,12 +616,14 @@ class RunningSum:
         stats: the statistics (with ``statistics``; else None).
         finite: the parameters whose ``.grad`` is proven finite in every entry without reading it
             (:func:`bounded_update`); empty when the proof does not go through.
+        tasks_per_block: how many tasks' gradients were held at once (:func:`tasks_per_block`).
     """
 
     decision: Decision
     kernel_layers: list[str]
     stats: GradientStats | None
     finite: list[nn.Parameter]
+    tasks_per_block: int
 
 
 def shared_by_running_sum(losses: list[Tensor], fwd: BranchedForward,
@@ -691,7 +693,7 @@ def shared_by_running_sum(losses: list[Tensor], fwd: BranchedForward,
                                   outputs_grads)
         stats = GradientStats(norms=all_norms.to(gram.dtype), gramian=gram)
     finite = direct if direct and bounded_update(all_norms, joined(used), common) else []
-    return RunningSum(decision, [call.name for call in kernel], stats, finite)
+    return RunningSum(decision, [call.name for call in kernel], stats, finite, size)
 
 
 def joined(blocks: list[Tensor]) -> Tensor:

@@ -192,6 +192,7 @@ class StepResult:
     applied: bool = True
     kernel_layers: list[str] | None = None
     running_sum: bool = False
+    tasks_per_block: int | None = None  # the running sum's (None without it)
 
 
 def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[str, Tensor],
@@ -217,7 +218,7 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
     precision = precision or FULL_PRECISION
     scaler, scale = precision.scaler, precision.scale()
     optimizer.zero_grad(set_to_none=True)
-    stats, kernel, running, proven = None, None, False, ()
+    stats, kernel, running, proven, block = None, None, False, (), None
     if strategy.kind == "loss":
         with precision.autocast():
             outputs = model(x)[1]
@@ -250,7 +251,7 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
                 engine.linear, statistics=log_gradients)
             scale_heads(heads, summed.decision.head_weights)
             weights = summed.decision.weights.detach()
-            kernel, stats = summed.kernel_layers, summed.stats
+            kernel, stats, block = summed.kernel_layers, summed.stats, summed.tasks_per_block
             proven = {id(p) for p in summed.finite}  # bounded by the norms: no pass over them
         else:
             weights, grads = weighted_backward(
@@ -277,7 +278,7 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
     if finite:
         optimizer.step()
     return StepResult(losses, weights, stats, finite, kernel_layers=kernel,
-                      running_sum=running)
+                      running_sum=running, tasks_per_block=block)
 
 
 def all_finite(tensors: list[Tensor]) -> bool:
@@ -506,8 +507,10 @@ class Loop:
     engine: GradientEngine = GradientEngine()
     #: the linear layers whose Gramian came from the B×B kernel (first step that reported it)
     kernel_layers: list[str] | None = None
-    #: whether the steps add up a separable weighting's gradients task by task (same step)
+    #: whether the steps add up a separable weighting's gradients task by task (same step),
+    #: and how many tasks' gradients at once
     running_sum: bool = False
+    tasks_per_block: int | None = None
     seconds_before: float = 0.0
     started: float = 0.0
     overflow: int = 0
@@ -576,10 +579,12 @@ class Loop:
                                     self.precision, self.engine, logs_gradients)
                 if self.kernel_layers is None and result.kernel_layers is not None:
                     self.kernel_layers, self.running_sum = result.kernel_layers, result.running_sum
+                    self.tasks_per_block = result.tasks_per_block
                     log.info("B×B-kernel Gramian for the linear layers: %s%s",
                              ", ".join(result.kernel_layers) or "none",
-                             "; separable weights: h_i g_i added up task by task, the Gramian "
-                             "only on steps that log it" if result.running_sum else "")
+                             "; separable weights: h_i g_i added up as the gradients arrive "
+                             f"({result.tasks_per_block} task(s) at a time), the Gramian only on "
+                             "steps that log it" if result.running_sum else "")
                 if not result.applied:
                     self.overflow += 1
                     self.logger.writer.add_scalar("train/overflow_steps", self.overflow, step)
@@ -624,6 +629,7 @@ class Loop:
             **({"overflow_steps": self.overflow} if self.precision.scaler is not None else {}),
             **({"gradient_engine": {"traversal": self.engine.traversal,
                                     "running_sum": self.running_sum,
+                                    "tasks_per_block": self.tasks_per_block,
                                     "kernel_layers": self.kernel_layers}}
                if self.kernel_layers is not None else {}),
         }

@@ -242,6 +242,7 @@ def test_logging_gradient_statistics_changes_no_number(tmp_path: Path) -> None:
         written.append(json.loads((run_dir / "metrics.json").read_text()))
     logged, silent = written
     assert logged["gradient_engine"]["running_sum"] is True
+    assert logged["gradient_engine"]["tasks_per_block"] == 4  # the synthetic MLP: 81 KiB a task
     assert logged["tasks"] == silent["tasks"] and logged["val"] == silent["val"]
 
 

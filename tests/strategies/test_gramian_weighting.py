@@ -92,6 +92,7 @@ def train_end_to_end(tmp_path: Path, name: str, params: str, *extra: str) -> dic
     # gradnorm_ideal (separable) adds up its weighted gradients task by task for ``shared``
     assert written["gradient_engine"] == {
         "traversal": "loop", "running_sum": name == "gradnorm_ideal" and params == "shared",
+        "tasks_per_block": 4 if name == "gradnorm_ideal" and params == "shared" else None,
         "kernel_layers": {"shared": ["net.3"], "last_shared": ["last_shared"]}.get(params, [])}
     assert written["strategy"] == name and written["steps"] == 4
     assert written["skipped_steps"] == 0  # every step had finite weights and gradients
