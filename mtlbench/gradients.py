@@ -758,8 +758,8 @@ def block_squared_norms(direct: list[list[Tensor]], kernels: list[Tensor],
 def add_to_heads(heads: list[Tensor], found: tuple[Tensor | None, ...]) -> None:
     """Each head parameter's ``.grad`` plus its gradient in ``found`` (which starts with them).
 
-    ``autograd.grad`` may return one tensor object for two inputs (e.g. for ``x + a + b`` the
-    gradient passes through to a and b unchanged); a repeated one is copied, so that no two
+    ``autograd.grad`` may return one tensor object for two inputs (e.g. for ``x + (a + b)`` the
+    gradient of a + b passes on to a and b unchanged); a repeated one is copied, so that no two
     ``.grad`` alias and an in-place change of one (:func:`scale_heads`, a loss scale's unscale)
     happens once."""
     given: set[int] = set()
