@@ -15,6 +15,8 @@ classification heads (10 classes each) on the shared representation. Rows:
   runs the default gradient engine (``trainer.gradient_engine=auto``, ``linear_gramian=auto``),
   the indented ``engine: <traversal>, linear <policy>`` rows below it the same strategy with one
   fixed :class:`mtlbench.gradients.GradientEngine` each.
+  The indented ``heads=unweighted`` row below it is the same step with the heads' option that
+  computes the by-hand row's update exactly (each head keeps ∇L_i; checked on every parameter).
 * ``by hand: n x autograd.grad + normalize``: what one writes without a library: per task,
   ``torch.autograd.grad(L_i, shared + head_i params, retain_graph=True)``, divide the shared part by
   its norm, sum over tasks; head i keeps its own gradient; Adam step.
@@ -35,7 +37,8 @@ classification heads (10 classes each) on the shared representation. Rows:
   ``.grad`` as a clone of its slice (``_reset_grad``); heads keep the ∇log L_i the backwards left.
 
 Before timing, one step of each from the same weights and batch must agree (asserted; printed as
-``checked:`` lines): by-hand normalize == gradnorm_ideal[shared] (shared ``.grad``); torchjd's
+``checked:`` lines): by-hand normalize == gradnorm_ideal[shared] (shared ``.grad``), and == its
+``heads=unweighted`` row on every parameter; torchjd's
 Jacobian rows (``.jac`` after ``mtl_backward``), normalized and summed == gradnorm_ideal[shared];
 torchjd Mean == mtlbench equal (shared: both apply 1/n; heads: torchjd's ∇L_i = n x equal's);
 torchjd UPGrad == mtlbench upgrad (shared and heads); autogram UPGradWeighting == torchjd UPGrad
@@ -297,6 +300,8 @@ CASES: dict[str, Callable[[Problem], tuple[MultiTaskModel, Step]]] = {
     FLOOR: floor_case,
     "mtlbench equal": mtlbench_case("equal", {}),
     "mtlbench gradnorm_ideal[shared]": mtlbench_case("gradnorm_ideal", {}),
+    "  heads=unweighted (the by-hand update)": mtlbench_case("gradnorm_ideal",
+                                                             {"heads": "unweighted"}),
     "  engine: loop, linear direct": mtlbench_case("gradnorm_ideal", {},
                                                    GradientEngine("loop", "direct")),
     "  engine: loop, linear kernel": mtlbench_case("gradnorm_ideal", {},
@@ -358,8 +363,14 @@ def run_checks(p: Problem) -> None:
 def _run_checks(p: Problem) -> None:
     rtol = 1e-4 if p.device.type == "cpu" else 1e-3
     gni = one_step(p, "mtlbench gradnorm_ideal[shared]")[0]
+    hand_shared, hand_heads = one_step(p, "by hand: n x autograd.grad + normalize")
     check("by-hand normalize == mtlbench gradnorm_ideal[shared], shared .grad",
-          one_step(p, "by hand: n x autograd.grad + normalize")[0], gni, rtol)
+          hand_shared, gni, rtol)
+    same_shared, same_heads = one_step(p, "  heads=unweighted (the by-hand update)")
+    check("by-hand normalize == gradnorm_ideal[shared] heads=unweighted, shared .grad",
+          hand_shared, same_shared, rtol)
+    check("by-hand normalize == gradnorm_ideal[shared] heads=unweighted, heads (grad L_i)",
+          torch.cat(hand_heads), torch.cat(same_heads), rtol)
 
     m = copy.deepcopy(p.model)
     z, outputs = m(p.x)
