@@ -35,6 +35,7 @@ median ms per call over all ``--rounds`` x ``--steps`` calls, and its 90th perce
     .venv/bin/python scripts/bench_strategies.py --width 512 --depth 3
     .venv/bin/python scripts/bench_strategies.py --backbone lenet --batch 256
     .venv/bin/python scripts/bench_strategies.py --own-cost           # decision alone, n=2,4,10
+    .venv/bin/python scripts/bench_strategies.py --strategies gradnorm_ideal db_mtl  # + equal
     .venv/bin/python scripts/bench_strategies.py --own-cost --tasks 4 16 --rounds 10
 """
 
@@ -86,9 +87,15 @@ EXTRA = {"gradnorm_ideal[last_shared]": ("gradnorm_ideal", {"params": "last_shar
          "generalized_mean[gamma=0.5]": ("generalized_mean", {"gamma": 0.5})}
 
 
+#: ``--strategies``: time only the labels containing one of these texts (and ``equal``)
+ONLY: list[str] = []
+
+
 def variants() -> dict[str, tuple[str, dict]]:
     names = {p.stem: (p.stem, {}) for p in sorted(STRATEGY_DIR.glob("*.yaml"))}
-    return {**names, **{k: v for k, v in EXTRA.items() if v[0] in names}}
+    every = {**names, **{k: v for k, v in EXTRA.items() if v[0] in names}}
+    return {label: v for label, v in every.items()
+            if not ONLY or label == "equal" or any(text in label for text in ONLY)}
 
 
 @functools.cache
@@ -399,8 +406,12 @@ def main() -> None:
     parser.add_argument("--release-memory", action="store_true",
                         help="keep glibc's default of returning freed memory to the OS (the "
                              "training loop retains it: trainer.retain_cpu_memory=true)")
+    parser.add_argument("--strategies", nargs="+", default=[], metavar="TEXT",
+                        help="time only the strategies whose label contains one of these texts "
+                             "(and equal, the reference)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    ONLY[:] = [] if args.child else args.strategies
     if args.own_cost and args.memory:
         parser.error("--own-cost measures no memory: drop --memory")
     if args.tasks is None:
