@@ -631,12 +631,13 @@ def shared_by_running_sum(losses: list[Tensor], fwd: BranchedForward,
                           weigh: SeparableWeigh, linear: str, statistics: bool = False,
                           ) -> RunningSum:
     """``params=shared`` for a separable weighting (w_i = c · h_i, :class:`SeparableWeigh`): one
-    ``autograd.grad`` of L_i per task, as :func:`shared_by_loop`, but each task's gradient is
-    scaled by h_i and added to a running sum Σ_j h_j g_j as soon as its norm is known, so one
-    task's gradient is held at a time (not n) and no Gramian is formed; the sum times c is the
-    update. Kernel layers (:func:`kernel_layers`) add ⟨D_i, K D_i⟩ to the squared norm and h_i D_i
-    to a running sum of output gradients. Squared norms are taken as in :func:`gramian`
-    (:func:`squared_norm`).
+    ``autograd.grad`` of L_i per task, as :func:`shared_by_loop`, but the tasks go in blocks
+    (:func:`tasks_per_block`: as many as fit in :data:`RUNNING_SUM_BLOCK_BYTES`, at least one) and
+    each task's gradient is scaled by h_i and added to a running sum Σ_j h_j g_j as soon as its
+    block's norms are known, so one block's gradients are held at a time (not n) and no Gramian
+    is formed; the sum times c is the update. Kernel layers (:func:`kernel_layers`) add
+    ⟨D_i, K D_i⟩ to the squared norm and h_i D_i to a running sum of output gradients. Squared
+    norms are taken as in :func:`gramian` (:func:`squared_norms`).
 
     ``statistics``: also keep each task's gradient (a row of an [n, P] buffer, and the kernel
     layers' D_i) for the Gramian, which the result's statistics then hold (with the norms the
@@ -772,11 +773,6 @@ def add_to_heads(heads: list[Tensor], found: tuple[Tensor | None, ...]) -> None:
             given.add(id(g))
 
 
-def squared_norm(tensors: list[Tensor]) -> Tensor:
-    """Σ_k ||t_k||² (0-dim) of one task's gradients: :func:`squared_norms`."""
-    return squared_norms([tensors])[0]
-
-
 def squared_norms(per_task: list[list[Tensor]]) -> Tensor:
     """Σ_k ||t_k||² [m] of each of m tasks' gradients (lists of like tensors), with
     :func:`gramian`'s guarantees: on the CPU in float32 (tensors of at most
@@ -801,7 +797,7 @@ def squared_norms(per_task: list[list[Tensor]]) -> Tensor:
     return torch.stack(torch._foreach_norm(flat, dtype=wide(first))).view(m, -1).square().sum(1)
 
 
-#: Entries per float32 dot product in :func:`squared_norm`. On gradient-like data (mean 1e-3, sd
+#: Entries per float32 dot product in :func:`squared_norms`. On gradient-like data (mean 1e-3, sd
 #: 1e-3) BLAS's float32 dot measured 4.8e-7 off at 266,752 entries and 4.3e-6 at 2.4M; torch's
 #: float32 norm 2.4e-7 at 65,536 entries, 1.7e-6 at 266,752 and 3.7e-5 at 2.4M.
 FLOAT32_NORM_CHUNK = 1 << 18

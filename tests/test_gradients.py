@@ -18,7 +18,7 @@ from mtlbench.gradients import (
     shared_by_running_sum,
     split_forward,
     splits_at_last_shared,
-    squared_norm,
+    squared_norms,
     stats_from_gramian,
     task_vjps,
     weighted_backward,
@@ -519,12 +519,12 @@ def test_squared_norm_keeps_float32_accuracy_and_falls_back_to_float64() -> None
     gen = torch.Generator().manual_seed(0)
     g = [torch.randn(8_000_000, generator=gen) * 1e-3 + 1e-3, torch.randn(300, 7, generator=gen)]
     exact = sum(float(t.double().square().sum()) for t in g)
-    got = squared_norm(g)
+    got = squared_norms([g])[0]
     assert got.dtype == torch.float32
     assert abs(float(got) / exact - 1) < 1e-6
     for scale in (1e25, 1e-25):
         t = [torch.randn(1000, generator=gen) * scale]
-        got = squared_norm(t)
+        got = squared_norms([t])[0]
         assert got.dtype == F64
         assert_close(got, t[0].double().square().sum(), rtol=1e-12, atol=0)
 
@@ -545,7 +545,6 @@ def test_squared_norms_of_a_block_are_each_tasks_own() -> None:
     """Three tasks at once (a long tensor of 300k entries: dot products over pieces; short ones:
     one fused norm over all tasks): each within 1e-6 of its float64 value, and equal to the task
     taken alone. One task whose squares float32 cannot hold sends the whole block to float64."""
-    from mtlbench.gradients import squared_norms
     gen = torch.Generator().manual_seed(0)
     tasks = [[torch.randn(300_000, generator=gen) * s, torch.randn(30, 7, generator=gen) * s,
               torch.randn(5, generator=gen)] for s in (1e-3, 1.0, 2e2)]
@@ -555,7 +554,7 @@ def test_squared_norms_of_a_block_are_each_tasks_own() -> None:
     assert got.dtype == torch.float32 and got.shape == (3,)
     assert_close(got.double(), exact, rtol=1e-6, atol=0)
     for j, ts in enumerate(tasks):
-        assert_close(squared_norm(ts), got[j], rtol=1e-6, atol=0)
+        assert_close(squared_norms([ts])[0], got[j], rtol=1e-6, atol=0)
     tasks[1][2] = tasks[1][2] * 1e25
     got = squared_norms(tasks)
     assert got.dtype == F64
