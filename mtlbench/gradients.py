@@ -732,8 +732,9 @@ def task_gradients(loss: Tensor, heads: list[nn.Parameter], targets: list[Tensor
 
 #: Bytes of per-task gradients :func:`shared_by_running_sum` holds at once (besides the running
 #: sum): tasks are taken in blocks of as many as fit, at least one, and each block's norms and
-#: factors come from one fused call each (``scripts/bench_peers.py``: 2-5 % of a ~1 ms MLP step).
-#: Models with more than 1 MiB of shared gradients go task by task.
+#: factors come from one fused call each: 2-3 % off a ~1 ms MLP 32-128-128 step at n = 2 / 4 / 10
+#: (``bench_peers.py``'s harness, paired rounds). Models with more than 1 MiB of shared gradients
+#: go task by task.
 RUNNING_SUM_BLOCK_BYTES = 1 << 20
 
 
