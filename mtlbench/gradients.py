@@ -661,10 +661,10 @@ def shared_by_running_sum(losses: list[Tensor], fwd: BranchedForward,
         block = range(start, min(start + size, n))
         found = [task_gradients(losses[i], heads[i], targets, retain_graph=i + 1 < n)
                  for i in block]
-        for i, rest in zip(block, found, strict=True):
-            if rows is not None:
-                torch.cat([g.reshape(-1) for g in rest[:nd]], out=rows[i])
-            if statistics:
+        if statistics:  # the block's rows and output gradients, for the Gramian
+            for i, rest in zip(block, found, strict=True):
+                if rows is not None:
+                    torch.cat([g.reshape(-1) for g in rest[:nd]], out=rows[i])
                 kept.append(rest[nd:])
         norms.append(block_squared_norms([rest[:nd] for rest in found], kernels,
                                          [rest[nd:] for rest in found]).sqrt())

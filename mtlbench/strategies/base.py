@@ -316,11 +316,6 @@ def finite_weights(weights: Tensor, like: Tensor) -> Tensor:
     return weights.clamp(max=torch.finfo(like.dtype).max).to(like.dtype)
 
 
-
-
-
-
-
 def reference_losses(values: list[float], tasks: list[TaskSpec], what: str) -> Tensor:
     """Per-task reference losses (eq. 2-3 denominators) as float64; each must be finite and > 0."""
     for task, value in zip(tasks, values, strict=True):
