@@ -35,18 +35,29 @@ SCHEMAS: dict[tuple[str, str], str] = {
 
 @dataclass
 class AdamConfig:
+    """``optimizer=adam``: ``torch.optim.Adam``. ``foreach`` / ``fused``: torch's implementation
+    choice (null: torch's default, a Python loop over the parameters on the CPU); the same update,
+    up to float rounding. ``fused=true`` runs the whole step in one kernel: on the CPU 3x faster
+    than the loop (0.06 vs 0.16 ms for an MLP 32-128-128 with two heads; ``README.md``)."""
+
     _target_: str = "torch.optim.Adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
+    foreach: bool | None = None
+    fused: bool | None = None
 
 
 @dataclass
 class SGDConfig:
+    """``optimizer=sgd``: ``torch.optim.SGD``; ``foreach`` / ``fused`` as :class:`AdamConfig`."""
+
     _target_: str = "torch.optim.SGD"
     lr: float = 0.01
     momentum: float = 0.0
     weight_decay: float = 0.0
     nesterov: bool = False
+    foreach: bool | None = None
+    fused: bool | None = None
 
 
 @dataclass
@@ -170,6 +181,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"`optimizer.lr` must be a finite number > 0. Found `optimizer.lr = {lr}`."
         )
+    if cfg.optimizer.get("foreach") and cfg.optimizer.get("fused"):
+        raise ConfigError("`optimizer.foreach` and `optimizer.fused` are both true; torch runs one "
+                          "implementation: set the other to false or null.")
     if not (0 <= t.max_skip_fraction < 1):
         raise ConfigError("`trainer.max_skip_fraction` must be in [0, 1). "
                           f"Found `trainer.max_skip_fraction = {t.max_skip_fraction}`.")

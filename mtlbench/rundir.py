@@ -33,13 +33,14 @@ from mtlbench.files import atomic_write_bytes
 
 LOCK_NAME = ".lock"
 
-#: Config keys that do not change what is learned; everything else is in the fingerprint.
+#: Config keys that do not change what is learned; everything else is in the fingerprint. (Like
+#: the thread count, torch's optimizer implementation changes float rounding at most.)
 NOT_RESULT_AFFECTING = (
     "trainer.device", "trainer.num_threads", "trainer.progress", "trainer.report_metric",
     "trainer.log_every", "trainer.grad_log_every", "trainer.checkpoint_every",
     "trainer.keep_checkpoints", "trainer.resume", "trainer.retain_cpu_memory",
     "trainer.eval_batch_size", "data.root", "data.mnist_dir", "data.fashion_dir",
-    "data.download", "data.cache", "data.cache_dir",
+    "data.download", "data.cache", "data.cache_dir", "optimizer.foreach", "optimizer.fused",
 )
 
 

@@ -140,6 +140,16 @@ def gradient_params(model: MultiTaskModel, source: str) -> list[torch.nn.Paramet
             "representation": list}[source]()
 
 
+def optimizer_implementation(optimizer: torch.optim.Optimizer) -> str:
+    """Which of torch's implementations the optimizer was asked for (``optimizer.fused`` /
+    ``optimizer.foreach``): ``fused``, ``foreach``, or ``default`` (torch's choice at the step: a
+    Python loop over the parameters on the CPU, ``foreach`` on CUDA)."""
+    for name in ("fused", "foreach"):
+        if optimizer.defaults.get(name):
+            return name
+    return "default"
+
+
 def build_optimizer(cfg: DictConfig, model: MultiTaskModel,
                     strategy: Strategy) -> torch.optim.Optimizer:
     """The ``optimizer`` group over the network, plus the learnable parameters of the strategy (and
@@ -480,7 +490,8 @@ def run(cfg: DictConfig, run_dir: Path, strategy_name: str, *, interactive: bool
         loop = Loop(cfg, run_dir, strategy_name, data, model, optimizer, schedule, strategy,
                     values, total, per_epoch, precision, criterion, best, engine=engine)
         metrics = loop.train(start, counters, interactive)
-        metrics.update(device=str(device), num_threads=threads)
+        metrics.update(device=str(device), num_threads=threads,
+                       optimizer_implementation=optimizer_implementation(optimizer))
         return finish(loop, metrics)
 
 

@@ -142,6 +142,8 @@ BAD_INPUT = [
     (["seed=-1"], ["seed", "-1"]),
     (["strategy=generalized_mean", "strategy.gamma=1e400"], ["strategy.gamma=1e400", "inf"]),
     (["optimizer.lr=1e-400"], ["optimizer.lr=1e-400", "0"]),
+    (["optimizer.foreach=true", "optimizer.fused=true"],
+     ["optimizer.foreach", "optimizer.fused", "false or null"]),
     (["trainer.max_skip_fraction=1"], ["trainer.max_skip_fraction", "[0, 1)"]),
     (["hydra/launcher=nope"], ["hydra/launcher=nope", "local_parallel", "mtlbench[sweeps]"]),
     (["+strategy.foo=1"], ["strategy.foo", "not a parameter"]),

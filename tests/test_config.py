@@ -51,6 +51,39 @@ def test_every_optimizer_option_instantiates(name: str) -> None:
     assert opt.param_groups[0]["lr"] == cfg.optimizer.lr
 
 
+@pytest.mark.parametrize("name", options("optimizer"))
+@pytest.mark.parametrize("implementation", ["foreach", "fused"])
+def test_optimizer_implementations_take_the_default_loops_steps(name: str,
+                                                                 implementation: str) -> None:
+    """``optimizer.foreach`` / ``optimizer.fused`` reach torch (the run records which one) and
+    take the same steps as torch's default for-loop, to float rounding (three steps of a
+    two-tensor problem, with momentum / Adam state)."""
+    import torch
+
+    from mtlbench.train import optimizer_implementation
+
+    torch.manual_seed(0)
+    start = [torch.randn(5, 3), torch.randn(3)]
+    grads = [[torch.randn(5, 3), torch.randn(3)] for _ in range(3)]
+    finals = {}
+    for impl in ("default", implementation):
+        cfg = compose_config([f"optimizer={name}", "optimizer.momentum=0.9"] if name == "sgd"
+                             else [f"optimizer={name}"])
+        if impl != "default":
+            cfg.optimizer[impl] = True
+        validate(cfg)
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = instantiate_group("optimizer", cfg.optimizer, params=params)
+        assert optimizer_implementation(opt) == impl
+        for step in grads:
+            for p, g in zip(params, step, strict=True):
+                p.grad = g.clone()
+            opt.step()
+        finals[impl] = torch.cat([p.detach().reshape(-1) for p in params])
+    assert not torch.equal(finals["default"], torch.cat([t.reshape(-1) for t in start]))
+    torch.testing.assert_close(finals[implementation], finals["default"], rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("name", ["synthetic", "gradnorm_toy"])
 def test_offline_data_options_build_with_a_model(name: str) -> None:
     small = ["data.n_train=64", "data.n_val=16", "data.n_test=16"]
@@ -80,6 +113,7 @@ def test_every_yaml_composes_against_its_schema(name: str) -> None:
     ("seed=1.5", "seed"),
     ("data.n_train=many", "data.n_train"),
     ("model.width=wide", "model.width"),
+    ("optimizer.fused=maybe", "optimizer.fused"),
 ])
 def test_schema_rejects_wrong_types(override: str, key: str) -> None:
     from hydra.errors import ConfigCompositionException

@@ -136,9 +136,11 @@ def test_resume_with_another_config_names_the_keys(change: list[str], key: str,
 
 def test_resume_ignores_keys_that_do_not_change_the_result(tmp_path: Path) -> None:
     run_dir = crashed_run(tmp_path, SHORT)
-    args = [*SHORT, "trainer.log_every=2", "trainer.num_threads=2", "trainer.progress=off"]
+    args = [*SHORT, "trainer.log_every=2", "trainer.num_threads=2", "trainer.progress=off",
+            "optimizer.fused=true"]  # (torch's implementation of the same Adam update)
     metrics = run(compose_config(args), run_dir, "equal")
     assert metrics["steps"] == 6 and (run_dir / "metrics.json").exists()
+    assert metrics["optimizer_implementation"] == "fused"
 
 
 def test_checkpoint_without_fingerprint_is_not_called_corrupt(tmp_path: Path) -> None:
