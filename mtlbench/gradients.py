@@ -40,7 +40,13 @@ from weakref import WeakKeyDictionary
 import torch
 from torch import Tensor, nn
 
-from mtlbench.stats import FLOAT32_CHUNK, GradientStats, float32_is_safe, wide
+from mtlbench.stats import (
+    FLOAT32_CHUNK,
+    FLOAT32_SAFE_SQUARED_NORMS,
+    GradientStats,
+    float32_is_safe,
+    wide,
+)
 
 
 @dataclass(frozen=True)
@@ -655,7 +661,8 @@ def shared_by_running_sum(losses: list[Tensor], fwd: BranchedForward,
                         device=fwd.at.device) if statistics and direct else None)
     kept: list[list[Tensor]] = []  # with ``statistics``: each task's output gradients D_i
     total: list[Tensor] = []  # Σ_j h_j g_j over the direct parameters, then over D of each layer
-    norms, own, used = [], [], []  # per block; used: the h_i as multiplied (gradients' dtype)
+    norms, own = [], []  # per block
+    used: list[float] = []  # the h_i as multiplied (values of the gradients' dtype)
     size = tasks_per_block(targets, n)
     for start in range(0, n, size):
         block = range(start, min(start + size, n))
@@ -669,13 +676,13 @@ def shared_by_running_sum(losses: list[Tensor], fwd: BranchedForward,
         norms.append(block_squared_norms([rest[:nd] for rest in found], kernels,
                                          [rest[nd:] for rest in found]).sqrt())
         own.append(weigh.own(slice(block.start, block.stop), norms[-1]))
-        used.append(own[-1].to(found[0][0].dtype))
-        for rest, h in zip(found, used[-1].unbind(), strict=True):
-            factors = [h] * len(rest)
+        hs = own[-1].to(found[0][0].dtype).tolist()  # as multiplied (read on the host)
+        used.extend(hs)
+        for rest, h in zip(found, hs, strict=True):
             if total:  # one fused pass: total += h · g
-                torch._foreach_addcmul_(total, rest, factors)
+                torch._foreach_add_(total, rest, alpha=h)
             else:  # a new tensor each (autograd's results may alias one another)
-                total = list(torch._foreach_mul(rest, factors))
+                total = list(torch._foreach_mul(rest, h))
         del found  # the block's gradients
     all_norms = joined(norms)  # float32, or float64 where a block's squares needed it
     common, decision = weigh.finish(all_norms, joined(own))
@@ -693,7 +700,9 @@ def shared_by_running_sum(losses: list[Tensor], fwd: BranchedForward,
         gram = with_kernel_blocks(None if rows is None else gramian([rows]), kernel,
                                   outputs_grads)
         stats = GradientStats(norms=all_norms.to(gram.dtype), gramian=gram)
-    finite = direct if direct and bounded_update(all_norms, joined(used), common) else []
+    finite = direct if direct and bounded_update(
+        all_norms.tolist(), used, None if common is None else common.item(),
+        total[0].dtype) else []
     return RunningSum(decision, [call.name for call in kernel], stats, finite, size)
 
 
@@ -702,17 +711,17 @@ def joined(blocks: list[Tensor]) -> Tensor:
     return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
 
 
-def bounded_update(norms: Tensor, factors: Tensor, common: Tensor | None) -> bool:
-    """Whether c · Σ_i h_i g_i, added up in the factors' dtype, is finite in every entry: true
-    when every ||g_i|| [n] is finite (then so is every entry of g_i) and
-    |c| Σ_i |h_i| ||g_i|| < max / 4 for the dtype's largest finite value ``max`` (each entry of
-    every partial sum is at most that, times (1 + 2⁻²³)^(n+1) for rounding). ``factors``: the h_i
-    [n] and ``common`` c (0-dim or None) as multiplied; read on the host (CPU: no sync)."""
-    limit = torch.finfo(factors.dtype).max / 4
-    bound = sum(abs(h) * g for h, g in zip(factors.tolist(), norms.tolist(), strict=True))
+def bounded_update(norms: list[float], factors: list[float], common: float | None,
+                   dtype: torch.dtype) -> bool:
+    """Whether c · Σ_i h_i g_i, added up in ``dtype``, is finite in every entry: true when every
+    ||g_i|| is finite (then so is every entry of g_i) and |c| Σ_i |h_i| ||g_i|| < max / 4 for
+    the dtype's largest finite value ``max`` (each entry of every partial sum is at most that,
+    times (1 + 2⁻²³)^(n+1) for rounding). ``norms`` ||g_i||, ``factors`` h_i and ``common`` c (None
+    for 1) as multiplied, read on the host (CPU: no sync)."""
+    bound = sum(abs(h) * g for h, g in zip(factors, norms, strict=True))
     if common is not None:
-        bound *= abs(common.item())
-    return bound < limit  # False for NaN and inf
+        bound *= abs(common)
+    return bound < torch.finfo(dtype).max / 4  # False for NaN and inf
 
 
 def task_gradients(loss: Tensor, heads: list[nn.Parameter], targets: list[Tensor],
@@ -778,22 +787,25 @@ def squared_norms(per_task: list[list[Tensor]]) -> Tensor:
     """Σ_k ||t_k||² [m] of each of m tasks' gradients (lists of like tensors), with
     :func:`gramian`'s guarantees: on the CPU in float32 (tensors of at most
     :data:`FLOAT32_GRAMIAN_CHUNK` entries by one fused norm over all tasks, longer ones by BLAS dot
-    products over pieces of at most :data:`FLOAT32_NORM_CHUNK`), kept where :func:`float32_is_safe`
-    for every task; else in float64 (:func:`wide`)."""
+    products over pieces of at most :data:`FLOAT32_NORM_CHUNK`; the pieces' values read at once
+    and added up per task in float64 on the host), kept where every task's sum lies in
+    :data:`FLOAT32_SAFE_SQUARED_NORMS`; else in float64 (:func:`wide`)."""
     first, m = per_task[0][0], len(per_task)
     if first.dtype == torch.float32 and first.device.type == "cpu":
         short = [t for tensors in per_task for t in tensors if t.numel() <= FLOAT32_GRAMIAN_CHUNK]
-        parts = [torch.stack(torch._foreach_norm(short)).view(m, -1).square().sum(1)] if short \
-            else []
-        if len(short) < m * len(per_task[0]):  # long ones: per task, BLAS dots over pieces
-            parts.append(torch.stack([
-                torch.stack([torch.dot(piece, piece) for t in tensors
-                             if t.numel() > FLOAT32_GRAMIAN_CHUNK
-                             for piece in t.reshape(-1).split(FLOAT32_NORM_CHUNK)]).sum()
-                for tensors in per_task]))
-        squared = parts[0] if len(parts) == 1 else parts[1] + parts[0]
-        if float32_is_safe(squared):
-            return squared
+        long = [[piece for t in tensors if t.numel() > FLOAT32_GRAMIAN_CHUNK
+                 for piece in t.reshape(-1).split(FLOAT32_NORM_CHUNK)] for tensors in per_task]
+        values = torch.stack([*(torch._foreach_norm(short) if short else ()),
+                              *(torch.dot(piece, piece) for pieces in long for piece in pieces)],
+                             ).tolist()
+        per, sums, at = len(short) // m, [], len(short)
+        for i, pieces in enumerate(long):  # short: per² each, task-major; long: the dots
+            total = sum(v * v for v in values[i * per:(i + 1) * per])
+            sums.append(total + sum(values[at:at + len(pieces)]))
+            at += len(pieces)
+        low, high = FLOAT32_SAFE_SQUARED_NORMS
+        if all(low <= v <= high for v in sums):
+            return torch.tensor(sums, dtype=torch.float32)
     flat = [t for tensors in per_task for t in tensors]
     return torch.stack(torch._foreach_norm(flat, dtype=wide(first))).view(m, -1).square().sum(1)
 

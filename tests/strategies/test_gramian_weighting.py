@@ -29,7 +29,7 @@ METHODS = ["mgda", "upgrad", "dualproj", "pcgrad", "imtl_g", "cagrad", "aligned_
 #: What a 4-step run writes to metrics.json (train.Loop.train + train.run + train.finish).
 METRICS_KEYS = {"strategy", "seed", "steps", "epochs", "steps_per_epoch", "tasks", "val",
                 "skipped_steps", "train_seconds",
-                "device", "num_threads", "config"}
+                "device", "num_threads", "optimizer_implementation", "config"}
 TINY = ["trainer.max_steps=4", "trainer.eval_every=2", "trainer.batch_size=32",
         "data.n_train=256", "data.n_val=64", "data.n_test=64", "trainer.device=cpu"]
 
