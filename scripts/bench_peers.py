@@ -4,7 +4,8 @@ One optimizer step per case, on the same model and batch, in one process: interl
 medians, paired ratios to a floor.
 
 Every case (row) owns a copy of one seeded model (same initial weights) and an Adam optimizer
-(lr 1e-4, as ``bench_strategies.prepare``) and trains on the same seeded synthetic batch: n
+(lr 1e-4, as ``bench_strategies.prepare``; torch's default implementation, or with
+``--fused-adam`` the fused one in every row) and trains on the same seeded synthetic batch: n
 classification heads (10 classes each) on the shared representation. Rows:
 
 * ``floor``: ``sum(losses).backward()`` + Adam step (no per-task gradient at all).
@@ -165,8 +166,22 @@ def describe_model(args: argparse.Namespace) -> str:
 
 
 # ----------------------------------------------------------------------------- the cases
+#: Keyword arguments of every row's Adam: {} (torch's default implementation) or, with
+#: ``--fused-adam``, {"fused": True} (mtlbench's ``optimizer.fused=true``).
+ADAM_OPTIONS: dict[str, bool] = {}
+
+
 def adam(model: MultiTaskModel) -> torch.optim.Optimizer:
-    return torch.optim.Adam(model.parameters(), lr=LR)
+    return torch.optim.Adam(model.parameters(), lr=LR, **ADAM_OPTIONS)
+
+
+def with_adam_options(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """``opt`` (an Adam from ``bench_strategies.prepare``) rebuilt with :data:`ADAM_OPTIONS` over
+    the same parameter groups (a fresh state: no step has been taken yet)."""
+    if not ADAM_OPTIONS:
+        return opt
+    return torch.optim.Adam([{**group, "foreach": None, **ADAM_OPTIONS}
+                             for group in opt.param_groups], lr=LR)
 
 
 def shared_params(model: MultiTaskModel) -> list[torch.nn.Parameter]:
@@ -192,6 +207,7 @@ def mtlbench_case(name: str, overrides: dict, engine: GradientEngine | None = No
         if prepared is None:
             raise SystemExit(f"mtlbench strategy {name} {overrides} refused this task set")
         strategy, m, opt = prepared
+        opt = with_adam_options(opt)
         return m, lambda: train_step(m, p.tasks, p.x, p.y, strategy, opt, engine=engine,
                                      log_gradients=log_gradients)
     return build
@@ -565,7 +581,8 @@ def header(args: argparse.Namespace, retained: bool) -> str:
             f"{torch.get_num_threads()} thread(s), device {device}, freed CPU memory "
             f"{'retained' if retained else 'released'}\n"
             f"# model: {describe_model(args)}, n x 10-class heads, batch {args.batch}, Adam lr "
-            f"{LR:g}; {args.steps} steps per case per round, rounds interleaved in shuffled order, "
+            f"{LR:g} ({'fused' if args.fused_adam else 'torch default'} implementation, every "
+            f"row); {args.steps} steps per case per round, rounds interleaved in shuffled order, "
             f"ratio = case / floor in the same round, medians over rounds{memory}")
 
 
@@ -631,10 +648,13 @@ def main() -> None:
                         help="before each configuration, wait up to this long until other "
                              "processes use < 10%% of the CPUs (Linux /proc)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fused-adam", action="store_true",
+                        help="every row's Adam with fused=True (mtlbench: optimizer.fused=true)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device visible to this torch")
     torch.set_num_threads(args.threads)
+    ADAM_OPTIONS.update({"fused": True} if args.fused_adam else {})
     retained = False if args.release_memory else retain_freed_memory()
     print(header(args, retained), flush=True)
     results = {}
