@@ -55,3 +55,31 @@ def test_bench_step_tax_runs() -> None:
     out = run_script("bench_step_tax.py", "--width", "16", "--input-dim", "8", "--batch", "16",
                      "--rounds", "2", "--steps", "2")
     assert out.strip()
+
+
+def test_bench_peers_fused_adam_reaches_every_row() -> None:
+    """``--fused-adam``: the header says so, the rows still agree, and an mtlbench row's Adam
+    (rebuilt from ``prepare``'s groups) is fused in every group, at the same learning rate."""
+    out = run_script("bench_peers.py", "--model", "mlp128", "--tasks", "2", "--width", "16",
+                     "--input-dim", "8", "--batch", "16", "--rounds", "1", "--steps", "1",
+                     "--warmup", "0", "--fused-adam", "--cases", "gradnorm_ideal[shared]",
+                     "by hand")
+    assert "(fused implementation, every row)" in out
+    assert len([line for line in out.splitlines() if line.startswith("checked:")]) == 11
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import bench_peers
+        import torch
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))]
+    plain = torch.optim.Adam([{"params": params[:1]}, {"params": params[1:], "lr": 0.5}], lr=1e-4)
+    assert bench_peers.with_adam_options(plain) is plain  # no options: left as it is
+    bench_peers.ADAM_OPTIONS.update(fused=True)
+    try:
+        fused = bench_peers.with_adam_options(plain)
+    finally:
+        bench_peers.ADAM_OPTIONS.clear()
+    assert [g["fused"] for g in fused.param_groups] == [True, True]
+    assert [g["lr"] for g in fused.param_groups] == [1e-4, 0.5]
+    assert [g["params"] for g in fused.param_groups] == [params[:1], params[1:]]
