@@ -798,8 +798,9 @@ def squared_norms(per_task: list[list[Tensor]]) -> Tensor:
         values = torch.stack([*(torch._foreach_norm(short) if short else ()),
                               *(torch.dot(piece, piece) for pieces in long for piece in pieces)],
                              ).tolist()
+        # values: the short tensors' norms (task-major), then the long ones' pieces' dots
         per, sums, at = len(short) // m, [], len(short)
-        for i, pieces in enumerate(long):  # short: per² each, task-major; long: the dots
+        for i, pieces in enumerate(long):
             total = sum(v * v for v in values[i * per:(i + 1) * per])
             sums.append(total + sum(values[at:at + len(pieces)]))
             at += len(pieces)

@@ -142,12 +142,12 @@ def gradient_params(model: MultiTaskModel, source: str) -> list[torch.nn.Paramet
 
 def optimizer_implementation(optimizer: torch.optim.Optimizer) -> str:
     """Which of torch's implementations the optimizer was asked for (``optimizer.fused`` /
-    ``optimizer.foreach``): ``fused``, ``foreach``, or ``default`` (torch's choice at the step: a
-    Python loop over the parameters on the CPU, ``foreach`` on CUDA)."""
-    for name in ("fused", "foreach"):
-        if optimizer.defaults.get(name):
-            return name
-    return "default"
+    ``optimizer.foreach``): ``fused``, ``foreach``, ``for_loop`` (``foreach=false``) or
+    ``default`` (torch's choice at the step: the for-loop on the CPU, ``foreach`` on CUDA)."""
+    if optimizer.defaults.get("fused"):
+        return "fused"
+    foreach = optimizer.defaults.get("foreach")
+    return "default" if foreach is None else "foreach" if foreach else "for_loop"
 
 
 def build_optimizer(cfg: DictConfig, model: MultiTaskModel,

@@ -81,6 +81,10 @@ def test_optimizer_implementations_take_the_default_loops_steps(name: str,
             opt.step()
         finals[impl] = torch.cat([p.detach().reshape(-1) for p in params])
     assert not torch.equal(finals["default"], torch.cat([t.reshape(-1) for t in start]))
+    cfg.optimizer[implementation] = False
+    opt = instantiate_group("optimizer", cfg.optimizer, params=[torch.nn.Parameter(start[1])])
+    assert optimizer_implementation(opt) == ("for_loop" if implementation == "foreach"
+                                             else "default")
     torch.testing.assert_close(finals[implementation], finals["default"], rtol=1e-6, atol=1e-7)
 
 
