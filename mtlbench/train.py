@@ -29,6 +29,7 @@ from mtlbench.errors import ConfigError, MtlbenchError, TrainingDiverged
 from mtlbench.files import write_json_atomic
 from mtlbench.gpus import claim_gpu
 from mtlbench.gradients import (
+    HALF,
     Decision,
     GradientEngine,
     SeparableWeigh,
@@ -58,7 +59,6 @@ LINEAR_POLICY = {"auto": "by multiply-add count", "direct": "from per-task weigh
                  "kernel": "from the B×B kernel"}
 FULL_PRECISION = Precision()
 AUTO_ENGINE = GradientEngine()
-HALF = (torch.bfloat16, torch.float16)
 
 
 # ----------------------------------------------------------------------------- setup helpers
