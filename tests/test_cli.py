@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ STRATEGIES = sorted(p.stem for p in (REPO / "conf" / "strategy").glob("*.yaml"))
 POST = {"equal", "static", "init_loss", "prior_loss", "realtime", "geometric", "generalized_mean",
         "gradnorm_ideal", "single_task"}
 CLI_STRATEGIES = [s if s in POST else pytest.param(s, marks=pytest.mark.slow) for s in STRATEGIES]
-#: Extra overrides a strategy needs to run at all (single-task runs one task).
+#: Extra overrides a strategy needs to run at all (single-task runs one task): it runs alone.
 NEEDS = {"single_task": ["data.only=cls_k10"]}
 
 
@@ -84,21 +85,60 @@ def test_huge_seed_trains(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+Sweep = tuple[subprocess.CompletedProcess[str], Path]
+
+
+@pytest.fixture(scope="module")
+def strategy_sweep(tmp_path_factory: pytest.TempPathFactory) -> Callable[[bool], Sweep]:
+    """``sweep(slow)``: one real ``mtlbench train -m strategy=a,b,...`` process over the post's
+    strategies (``slow=False``) or every other one (``slow=True``), run once per module; returns the
+    finished process and its working directory (the sweep dir is ``<it>/sweep``). One process
+    for the group, not one per strategy: each would spend ~2.5 s importing torch."""
+    done: dict[bool, Sweep] = {}
+
+    def sweep(slow: bool) -> Sweep:
+        if slow not in done:
+            names = [s for s in STRATEGIES if s not in NEEDS and (s not in POST) == slow]
+            where = tmp_path_factory.mktemp("slow" if slow else "post")
+            result = run_cli(["train", "-m", "strategy=" + ",".join(names), *FAST,
+                              f"hydra.sweep.dir={where / 'sweep'}"], cwd=where, timeout=900)
+            done[slow] = (result, where)
+        return done[slow]
+    return sweep
+
+
+def job_dir(sweep_dir: Path, strategy: str) -> Path:
+    """The job dir of ``strategy`` in a multirun (named ``<job>_<overrides, comma-separated>``)."""
+    found = [d for d in sweep_dir.iterdir()
+             if d.is_dir() and f"strategy={strategy}" in d.name.split("_", 1)[-1].split(",")]
+    assert len(found) == 1, f"{strategy}: job dirs {found} in {sorted(sweep_dir.iterdir())}"
+    return found[0]
+
+
 @pytest.mark.parametrize("strategy", CLI_STRATEGIES)
-def test_each_strategy_trains_end_to_end(strategy: str, tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    args = ["train", f"strategy={strategy}", *NEEDS.get(strategy, []), *FAST,
-            f"hydra.run.dir={run_dir}"]
-    result = run_cli(args, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
+def test_each_strategy_trains_end_to_end(strategy: str, tmp_path: Path,
+                                         strategy_sweep: Callable[[bool], Sweep]) -> None:
+    if strategy in NEEDS:
+        run_dir, where = tmp_path / "run", tmp_path
+        result = run_cli(["train", f"strategy={strategy}", *NEEDS[strategy], *FAST,
+                          f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        log = result.stdout + result.stderr
+    else:
+        result, where = strategy_sweep(strategy not in POST)
+        run_dir = job_dir(where / "sweep", strategy)
+        error = run_dir / "error.json"
+        assert not error.exists(), error.read_text()[-2000:]
+        log = (run_dir / "cli.log").read_text()
+    assert (run_dir / "metrics.json").exists(), result.stderr[-2000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["strategy"] == strategy and metrics["steps"] == 6 and metrics["seed"] == 0
     for name, task in metrics["tasks"].items():
         metric = "accuracy" if task["kind"] == "classification" else "mse"
         assert set(task) >= {"kind", "loss", metric}, name
     assert list(run_dir.glob("events.out.tfevents.*")), "no TensorBoard events"
-    assert "Final test metrics" in result.stdout + result.stderr
-    assert not (tmp_path / "outputs").exists()
+    assert f"Final test metrics ({strategy}, seed 0)" in log
+    assert not (where / "outputs").exists()
 
 
 def test_two_job_multirun_writes_one_dir_per_job(tmp_path: Path) -> None:
