@@ -741,10 +741,13 @@ def task_gradients(loss: Tensor, heads: list[nn.Parameter], targets: list[Tensor
 
 #: Bytes of per-task gradients :func:`shared_by_running_sum` holds at once (besides the running
 #: sum): tasks are taken in blocks of as many as fit, at least one, and each block's norms and
-#: factors come from one fused call each: 2-3 % off a ~1 ms MLP 32-128-128 step at n = 2 / 4 / 10
-#: (``bench_peers.py``'s harness, paired rounds). Models with more than 1 MiB of shared gradients
-#: go task by task.
-RUNNING_SUM_BLOCK_BYTES = 1 << 20
+#: factors come from one fused call each (~50-70 µs of fixed work a block): 2-3 % off a ~1 ms MLP
+#: 32-128-128 step at n = 2 / 4 / 10, and 2-3 % off MLP 784-256-256 (1,042 KiB a task) at
+#: n = 2 / 4 / 10 with 4 MiB instead of 1 (three tasks a block instead of one; peak step memory
+#: 3.35 / 3.86 / 5.52 MiB against the hand loop's 3.86 / 3.89 / 4.01; ``bench_peers.py``'s
+#: harness, paired rounds). Models with more than 4 MiB of shared gradients (ResNet-18: 45 MB) go
+#: task by task.
+RUNNING_SUM_BLOCK_BYTES = 4 << 20
 
 
 def tasks_per_block(targets: list[Tensor], n: int) -> int:

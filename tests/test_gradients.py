@@ -530,15 +530,16 @@ def test_squared_norm_keeps_float32_accuracy_and_falls_back_to_float64() -> None
 
 
 def test_tasks_per_block_fit_the_byte_budget() -> None:
-    """As many tasks as fit in RUNNING_SUM_BLOCK_BYTES (1 MiB), at least one, at most n."""
+    """As many tasks as fit in RUNNING_SUM_BLOCK_BYTES (4 MiB), at least one, at most n."""
     from mtlbench.gradients import RUNNING_SUM_BLOCK_BYTES, tasks_per_block
-    assert RUNNING_SUM_BLOCK_BYTES == 1 << 20
+    assert RUNNING_SUM_BLOCK_BYTES == 4 << 20
     mlp128 = [torch.empty(128, 32), torch.empty(128), torch.empty(128, 128), torch.empty(128)]
-    assert [tasks_per_block(mlp128, n) for n in (1, 2, 10, 40)] == [1, 2, 10, 12]  # 84 KB a task
-    assert tasks_per_block([torch.empty(256, 784), torch.empty(256)], 10) == 1  # 803 KB
-    assert tasks_per_block([torch.empty(256, 1024)], 10) == 1  # 1 MiB + nothing: 1
-    assert tasks_per_block([torch.empty(256, 1024, dtype=F64)], 10) == 1  # 2 MiB: still 1
-    assert tasks_per_block([torch.empty(64, 1024, dtype=F64)], 10) == 2
+    assert [tasks_per_block(mlp128, n) for n in (1, 2, 10, 60)] == [1, 2, 10, 50]  # 83 KB a task
+    mlp784 = [torch.empty(256, 784), torch.empty(256), torch.empty(256, 256), torch.empty(256)]
+    assert [tasks_per_block(mlp784, n) for n in (2, 4, 10)] == [2, 3, 3]  # 1,067 KB a task
+    assert tasks_per_block([torch.empty(1024, 1024)], 10) == 1  # 4 MiB + nothing: 1
+    assert tasks_per_block([torch.empty(1024, 1024, dtype=F64)], 10) == 1  # 8 MiB: still 1
+    assert tasks_per_block([torch.empty(256, 1024, dtype=F64)], 10) == 2
 
 
 def test_squared_norms_of_a_block_are_each_tasks_own() -> None:
