@@ -743,8 +743,8 @@ def task_gradients(loss: Tensor, heads: list[nn.Parameter], targets: list[Tensor
 #: sum): tasks are taken in blocks of as many as fit, at least one, and each block's norms and
 #: factors come from one fused call each (~50-70 µs of fixed work a block): 2-3 % off a ~1 ms MLP
 #: 32-128-128 step at n = 2 / 4 / 10, and 2-3 % off MLP 784-256-256 (1,042 KiB a task) at
-#: n = 2 / 4 / 10 with 4 MiB instead of 1 (three tasks a block instead of one; peak step memory
-#: 3.35 / 3.86 / 5.52 MiB against the hand loop's 3.86 / 3.89 / 4.01; ``bench_peers.py``'s
+#: n = 2 / 4 / 10 with 4 MiB instead of 1 (three tasks a block instead of one or two; peak step
+#: memory 3.35 / 3.86 / 5.52 MiB against the hand loop's 3.86 / 3.89 / 4.01; ``bench_peers.py``'s
 #: harness, paired rounds). Models with more than 4 MiB of shared gradients (ResNet-18: 45 MB) go
 #: task by task.
 RUNNING_SUM_BLOCK_BYTES = 4 << 20
