@@ -107,11 +107,12 @@ def strategy_sweep(tmp_path_factory: pytest.TempPathFactory) -> Callable[[bool],
     return sweep
 
 
-def job_dir(sweep_dir: Path, strategy: str) -> Path:
+def job_dir(sweep: Sweep, strategy: str) -> Path:
     """The job dir of ``strategy`` in a multirun (named ``<job>_<overrides, comma-separated>``)."""
-    found = [d for d in sweep_dir.iterdir()
+    result, where = sweep
+    found = [d for d in (where / "sweep").iterdir()
              if d.is_dir() and f"strategy={strategy}" in d.name.split("_", 1)[-1].split(",")]
-    assert len(found) == 1, f"{strategy}: job dirs {found} in {sorted(sweep_dir.iterdir())}"
+    assert len(found) == 1, f"{strategy}: job dirs {found}; stderr: {result.stderr[-2000:]}"
     return found[0]
 
 
@@ -125,8 +126,8 @@ def test_each_strategy_trains_end_to_end(strategy: str, tmp_path: Path,
         assert result.returncode == 0, result.stderr[-2000:]
         log = result.stdout + result.stderr
     else:
-        result, where = strategy_sweep(strategy not in POST)
-        run_dir = job_dir(where / "sweep", strategy)
+        result, where = sweep = strategy_sweep(strategy not in POST)
+        run_dir = job_dir(sweep, strategy)
         error = run_dir / "error.json"
         assert not error.exists(), error.read_text()[-2000:]
         log = (run_dir / "cli.log").read_text()
