@@ -42,9 +42,9 @@ from torch import Tensor, nn
 
 from mtlbench.stats import (
     FLOAT32_CHUNK,
-    FLOAT32_SAFE_SQUARED_NORMS,
     GradientStats,
     float32_is_safe,
+    in_float32_safe_range,
     wide,
 )
 
@@ -792,7 +792,7 @@ def squared_norms(per_task: list[list[Tensor]]) -> Tensor:
     :data:`FLOAT32_GRAMIAN_CHUNK` entries by one fused norm over all tasks, longer ones by BLAS dot
     products over pieces of at most :data:`FLOAT32_NORM_CHUNK`; the pieces' values read at once
     and added up per task in float64 on the host), kept where every task's sum lies in
-    :data:`FLOAT32_SAFE_SQUARED_NORMS`; else in float64 (:func:`wide`)."""
+    ``stats.FLOAT32_SAFE_SQUARED_NORMS``; else in float64 (:func:`wide`)."""
     first, m = per_task[0][0], len(per_task)
     if first.dtype == torch.float32 and first.device.type == "cpu":
         short = [t for tensors in per_task for t in tensors if t.numel() <= FLOAT32_GRAMIAN_CHUNK]
@@ -807,8 +807,7 @@ def squared_norms(per_task: list[list[Tensor]]) -> Tensor:
             total = sum(v * v for v in values[i * per:(i + 1) * per])
             sums.append(total + sum(values[at:at + len(pieces)]))
             at += len(pieces)
-        low, high = FLOAT32_SAFE_SQUARED_NORMS
-        if all(low <= v <= high for v in sums):
+        if in_float32_safe_range(sums):
             return torch.tensor(sums, dtype=torch.float32)
     flat = [t for tensors in per_task for t in tensors]
     return torch.stack(torch._foreach_norm(flat, dtype=wide(first))).view(m, -1).square().sum(1)

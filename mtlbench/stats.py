@@ -80,8 +80,14 @@ def float32_is_safe(squared_norms: Tensor) -> bool:
     sync there); False for any other dtype or device, whose callers then compute in float64."""
     if squared_norms.dtype != torch.float32 or squared_norms.device.type != "cpu":
         return False
+    return in_float32_safe_range(squared_norms.tolist())
+
+
+def in_float32_safe_range(squared_norms: list[float]) -> bool:
+    """Whether every value (squared norms read on the host) lies in
+    :data:`FLOAT32_SAFE_SQUARED_NORMS` (False for NaN)."""
     low, high = FLOAT32_SAFE_SQUARED_NORMS
-    return all(low <= v <= high for v in squared_norms.tolist())
+    return all(low <= v <= high for v in squared_norms)
 
 
 def cosines(gram: Tensor, eps: float = 1e-30) -> Tensor:
