@@ -21,6 +21,9 @@ classification heads (10 classes each) on the shared representation. Rows:
 * ``by hand: n x autograd.grad + normalize``: what one writes without a library: per task,
   ``torch.autograd.grad(L_i, shared + head_i params, retain_graph=True)``, divide the shared part by
   its norm, sum over tasks; head i keeps its own gradient; Adam step.
+* ``by hand, torch.compile(model)`` (only with ``--compile``): the same loop on the model
+  compiled by ``torch.compile`` (inductor's defaults; compiled in the warm-up rounds; checked
+  against the by-hand row on every parameter).
 * ``torchjd mtl_backward + Mean`` / ``+ UPGrad``: torchjd 0.18's documented MTL usage,
   ``mtl_backward(losses, features=z)`` (heads get ∇L_i, the shared parameters the Jacobian in
   ``.jac``) then ``jac_to_grad(backbone.parameters(), aggregator)``.
@@ -68,6 +71,7 @@ Python objects and quadprog's numpy arrays are not included. Neither is the proc
     .venv/bin/python scripts/bench_peers.py --model mlp --tasks 2 4 10
     .venv/bin/python scripts/bench_peers.py --model mlp128 --tasks 2 4 10 --memory
     .venv/bin/python scripts/bench_peers.py --model lenet --tasks 2 4 --seconds 20
+    .venv/bin/python scripts/bench_peers.py --model lenet --tasks 2 4 --compile --cases "by hand"
     .venv/bin/python scripts/bench_peers.py --model mlp --device cuda --memory
 
 Models: ``mlp`` MLP 784-256-256 (ReLU), linear heads; ``mlp128`` MLP 32-128-128 (the input size
@@ -107,6 +111,7 @@ from mtlbench.train import task_losses, train_step
 
 LR = 1e-4  # bench_strategies.prepare's Adam learning rate, used for every row
 FLOOR = "floor: sum backward + Adam"
+HAND = "by hand: n x autograd.grad + normalize"
 MIN_ROUNDS = 5  # with --seconds: at least this many rounds
 Step = Callable[[], object]
 
@@ -213,16 +218,18 @@ def mtlbench_case(name: str, overrides: dict, engine: GradientEngine | None = No
     return build
 
 
-def by_hand_case(p: Problem) -> tuple[MultiTaskModel, Step]:
-    """n × autograd.grad with retain_graph, each shared gradient normalized, summed."""
+def by_hand_case(p: Problem, compiled: bool = False) -> tuple[MultiTaskModel, Step]:
+    """n × autograd.grad with retain_graph, each shared gradient normalized, summed;
+    ``compiled``: the model's forward through ``torch.compile`` (inductor, its defaults)."""
     m = copy.deepcopy(p.model)
     opt = adam(m)
     shared = shared_params(m)
     heads = [list(m.heads[t.name].parameters()) for t in p.tasks]
+    forward = torch.compile(m) if compiled else m
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        outputs = m(p.x)[1]
+        outputs = forward(p.x)[1]
         total: list[Tensor] = []
         for i, t in enumerate(p.tasks):
             loss = t.loss(outputs[t.name], p.y[t.name])
@@ -333,12 +340,26 @@ CASES: dict[str, Callable[[Problem], tuple[MultiTaskModel, Step]]] = {
     "mtlbench upgrad": mtlbench_case("upgrad", {}),
     "mtlbench mgda": mtlbench_case("mgda", {}),
     "mtlbench db_mtl": mtlbench_case("db_mtl", {}),
-    "by hand: n x autograd.grad + normalize": by_hand_case,
+    HAND: by_hand_case,
     "torchjd mtl_backward + Mean": torchjd_case(Mean),
     "torchjd mtl_backward + UPGrad": torchjd_case(UPGrad),
     "torchjd autogram + UPGradWeighting": autogram_case,
     "LibMTL-style DB-MTL (per-task backward)": libmtl_db_mtl_case,
 }
+
+
+#: ``--compile``'s row, under the by-hand one: the same loop with ``torch.compile(model)`` (not in
+#: the default table: compiling takes seconds per configuration and needs a C++ compiler).
+COMPILED = "  by hand, torch.compile(model)"
+
+
+def add_compiled_row() -> None:
+    """Put :data:`COMPILED` into :data:`CASES` right under the by-hand row."""
+    rows = list(CASES.items())
+    at = [label for label, _ in rows].index(HAND) + 1
+    rows.insert(at, (COMPILED, lambda p: by_hand_case(p, compiled=True)))
+    CASES.clear()
+    CASES.update(rows)
 
 
 # ----------------------------------------------------------------------------- correctness
@@ -379,7 +400,13 @@ def run_checks(p: Problem) -> None:
 def _run_checks(p: Problem) -> None:
     rtol = 1e-4 if p.device.type == "cpu" else 1e-3
     gni = one_step(p, "mtlbench gradnorm_ideal[shared]")[0]
-    hand_shared, hand_heads = one_step(p, "by hand: n x autograd.grad + normalize")
+    hand_shared, hand_heads = one_step(p, HAND)
+    if COMPILED in CASES:
+        compiled_shared, compiled_heads = one_step(p, COMPILED)
+        # (inductor's generated kernels add float32 terms in another order: 1.2e-5 on LeNet)
+        check("by-hand normalize, torch.compile(model) == by-hand normalize, every .grad",
+              torch.cat([compiled_shared, *compiled_heads]), torch.cat([hand_shared, *hand_heads]),
+              1e-3)
     check("by-hand normalize == mtlbench gradnorm_ideal[shared], shared .grad",
           hand_shared, gni, rtol)
     same_shared, same_heads = one_step(p, "  heads=unweighted (the by-hand update)")
@@ -650,11 +677,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fused-adam", action="store_true",
                         help="every row's Adam with fused=True (mtlbench: optimizer.fused=true)")
+    parser.add_argument("--compile", action="store_true",
+                        help=f"also the row {COMPILED.strip()!r}: the by-hand loop on "
+                             "torch.compile(model)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device visible to this torch")
     torch.set_num_threads(args.threads)
     ADAM_OPTIONS.update({"fused": True} if args.fused_adam else {})
+    if args.compile:
+        add_compiled_row()
     retained = False if args.release_memory else retain_freed_memory()
     print(header(args, retained), flush=True)
     results = {}

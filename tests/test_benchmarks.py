@@ -6,6 +6,7 @@ as their peers before it times them (its ``checked:`` lines are assertions insid
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,21 @@ def test_bench_peers_fused_adam_reaches_every_row() -> None:
     assert [g["fused"] for g in fused.param_groups] == [True, True]
     assert [g["lr"] for g in fused.param_groups] == [1e-4, 0.5]
     assert [g["params"] for g in fused.param_groups] == [params[:1], params[1:]]
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile's CPU backend needs a C++ compiler")
+def test_bench_peers_compile_adds_the_compiled_by_hand_row_and_checks_it() -> None:
+    """``--compile``: the by-hand loop on ``torch.compile(model)`` is timed right under the
+    by-hand row, after its update was checked against it on every parameter."""
+    out = run_script("bench_peers.py", "--model", "mlp128", "--tasks", "2", "--width", "16",
+                     "--input-dim", "8", "--batch", "16", "--rounds", "1", "--steps", "1",
+                     "--warmup", "1", "--compile", "--cases", "by hand")
+    checked = [line for line in out.splitlines() if line.startswith("checked:")]
+    assert len(checked) == 12, checked
+    assert any(line.startswith("checked: by-hand normalize, torch.compile(model) == by-hand")
+               for line in checked)
+    rows = [line.split("|")[1].strip() for line in out[out.index("## median ratio"):].splitlines()
+            if line.startswith("| ") and not line.startswith("| case")]
+    assert rows == ["floor: sum backward + Adam", "by hand: n x autograd.grad + normalize",
+                    "by hand, torch.compile(model)"]
