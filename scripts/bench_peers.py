@@ -403,10 +403,13 @@ def _run_checks(p: Problem) -> None:
     hand_shared, hand_heads = one_step(p, HAND)
     if COMPILED in CASES:
         compiled_shared, compiled_heads = one_step(p, COMPILED)
-        # (inductor's generated kernels add float32 terms in another order: 1.2e-5 on LeNet)
+        # inductor's kernels add float32 terms in another order: 1.2e-5 off on LeNet, 1.1e-3 on
+        # ResNet-18 at batch 8, where eager float32 itself is 0.9e-3 off float64 (and compiled
+        # float64 agrees with eager float64 to 6e-15)
+        compiled_rtol = 1e-3 if hand_shared.numel() < 1_000_000 else 1e-2
         check("by-hand normalize, torch.compile(model) == by-hand normalize, every .grad",
               torch.cat([compiled_shared, *compiled_heads]), torch.cat([hand_shared, *hand_heads]),
-              1e-3)
+              compiled_rtol)
     check("by-hand normalize == mtlbench gradnorm_ideal[shared], shared .grad",
           hand_shared, gni, rtol)
     same_shared, same_heads = one_step(p, "  heads=unweighted (the by-hand update)")
