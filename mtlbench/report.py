@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from mtlbench import references
+from mtlbench import references, segments
 from mtlbench.references import Published
 
 if TYPE_CHECKING:
@@ -87,7 +87,8 @@ class Run:
         error: the failure message (failed runs only).
         mtime: modification time of metrics.json (finished runs; picks among duplicate seeds).
         data: the data config (``data=`` override or Hydra's choices), None if unknown.
-        seconds_per_step: ``train_seconds / steps`` of metrics.json, None when not recorded.
+        seconds_per_step: ``train_seconds / steps`` of metrics.json, None when not recorded or
+            when the run's segments ran in different ways (:func:`mtlbench.segments.uniform`).
         steps_per_epoch: ``steps_per_epoch`` of metrics.json, None when not recorded.
         selected: ``selected`` of metrics.json ({"step": int, "criterion": str}), None if absent.
     """
@@ -250,7 +251,8 @@ def _positive(value: Any) -> float | None:
 def _read_extras(run: Run, metrics: dict[str, Any]) -> None:
     """Training time and model selection from metrics.json; absent or malformed: None."""
     seconds, steps = _positive(metrics.get(TIME_KEY)), _positive(metrics.get(STEPS_KEY))
-    run.seconds_per_step = seconds / steps if seconds is not None and steps else None
+    run.seconds_per_step = (seconds / steps if seconds is not None and steps
+                            and segments.uniform(metrics) else None)  # one setting timed
     per_epoch = _positive(metrics.get(EPOCH_KEY))
     run.steps_per_epoch = int(per_epoch) if per_epoch else None
     selected = metrics.get(SELECTED_KEY)
@@ -632,8 +634,9 @@ def render_markdown(report: dict[str, Any], header: list[str], cells: list[list[
              + f", {counts['failed']} failed, {counts['unfinished']} unfinished; "
              f"{len(cells)} configurations. Metrics: test split, mean ± sample std over seeds "
              "[95% CI of the mean, Student t] (— for a single seed); s/step: training seconds "
-             f"per step (`{TIME_KEY} / {STEPS_KEY}` of metrics.json, mean over seeds; — when "
-             "not recorded).", ""]
+             f"per step (`{TIME_KEY} / {STEPS_KEY}` of metrics.json, mean over the seeds that "
+             "recorded it in one setting; — when none did: a run resumed on another device, "
+             "thread count or optimizer implementation, whose `segments` differ, has none).", ""]
     criteria = report.get("selection_criteria")
     if criteria:
         parts += ["Selected step: the step whose model was tested (`trainer.select=best_val`; "

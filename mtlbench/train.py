@@ -12,7 +12,7 @@ import random
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from mtlbench import checkpoint, rundir
+from mtlbench import checkpoint, rundir, segments
 from mtlbench.allocator import retain_freed_memory
 from mtlbench.config import validate
 from mtlbench.data import MultiTaskData, Split, build_data
@@ -488,11 +488,10 @@ def run(cfg: DictConfig, run_dir: Path, strategy_name: str, *, interactive: bool
                      "layers' Gramians %s (trainer.linear_gramian=%s)", engine.traversal,
                      tcfg.gradient_engine, LINEAR_POLICY[engine.linear], tcfg.linear_gramian)
         loop = Loop(cfg, run_dir, strategy_name, data, model, optimizer, schedule, strategy,
-                    values, total, per_epoch, precision, criterion, best, engine=engine)
-        metrics = loop.train(start, counters, interactive)
-        metrics.update(device=str(device), num_threads=threads,
-                       optimizer_implementation=optimizer_implementation(optimizer))
-        return finish(loop, metrics)
+                    values, total, per_epoch, precision, criterion, best, engine=engine,
+                    how={"device": str(device), "num_threads": threads,
+                         "optimizer_implementation": optimizer_implementation(optimizer)})
+        return finish(loop, loop.train(start, counters, interactive))
 
 
 @dataclass
@@ -522,6 +521,12 @@ class Loop:
     #: and how many tasks' gradients at once
     running_sum: bool = False
     tasks_per_block: int | None = None
+    #: how this process trains (device, threads, optimizer implementation): its segment's
+    #: description (:mod:`mtlbench.segments`), the gradient engine added once a step reports it
+    how: dict[str, Any] = field(default_factory=dict)
+    #: the segments of earlier processes (from the checkpoint), and this one's first step
+    segments_before: list[dict[str, Any]] = field(default_factory=list)
+    first_step: int = 0
     seconds_before: float = 0.0
     started: float = 0.0
     overflow: int = 0
@@ -529,7 +534,7 @@ class Loop:
     def save(self, step: int, skipped: int) -> Path:
         tcfg = self.cfg.trainer
         counters = {"skipped_steps": skipped, "train_seconds": self.seconds(),
-                    "overflow_steps": self.overflow}
+                    "overflow_steps": self.overflow, "segments": self.ran_segments(step)}
         return checkpoint.save(self.run_dir, step, self.model, self.optimizer,
                                self.schedule.scheduler, self.strategy, keep=tcfg.keep_checkpoints,
                                counters=counters, config=self.config_values, selection=self.best,
@@ -540,6 +545,15 @@ class Loop:
         """Seconds spent in :meth:`train` by this run, earlier attempts that checkpointed included
         (the time after an attempt's last checkpoint is lost with it)."""
         return self.seconds_before + time.perf_counter() - self.started
+
+    def ran_segments(self, step: int) -> list[dict[str, Any]]:
+        """The run's segments up to ``step``: the earlier processes' and this one's."""
+        engine = None if self.kernel_layers is None else {
+            "traversal": self.engine.traversal, "running_sum": self.running_sum,
+            "tasks_per_block": self.tasks_per_block, "kernel_layers": self.kernel_layers}
+        this = segments.segment(self.first_step, step, time.perf_counter() - self.started,
+                                {**self.how, "gradient_engine": engine})
+        return [*self.segments_before, this]
 
     def consider(self, step: int, val: dict[str, dict[str, float]]) -> None:
         """``best_val``: keep the model of this evaluation if it beats the best so far."""
@@ -576,6 +590,9 @@ class Loop:
         skipped, val = counters.get("skipped_steps", 0), {}
         self.overflow = int(counters.get("overflow_steps", 0))
         self.seconds_before, self.started = counters.get("train_seconds", 0.0), time.perf_counter()
+        self.first_step = start
+        self.segments_before = list(counters.get("segments", [])) or (
+            [segments.unrecorded(start, self.seconds_before)] if start else [])
         total, per_epoch = self.total_steps, self.per_epoch
         max_skipped = math.floor(tcfg.max_skip_fraction * total)
         eval_every = per_epoch if tcfg.eval_every == "epoch" else tcfg.eval_every
@@ -638,12 +655,9 @@ class Loop:
             "skipped_steps": skipped,
             "train_seconds": round(self.seconds(), 3),
             **({"overflow_steps": self.overflow} if self.precision.scaler is not None else {}),
-            **({"gradient_engine": {"traversal": self.engine.traversal,
-                                    "running_sum": self.running_sum,
-                                    "tasks_per_block": self.tasks_per_block,
-                                    "kernel_layers": self.kernel_layers}}
-               if self.kernel_layers is not None else {}),
         }
+        ran = self.ran_segments(total)
+        metrics.update(segments.described(ran), segments=ran)
         if self.criterion is not None:
             metrics.update(self.selected_test(test))
         return metrics

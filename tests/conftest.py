@@ -46,9 +46,18 @@ def killed_and_resumed(args: Sequence[str], name: str, tmp_path: Path,
                        at_step: int) -> tuple[dict, dict]:
     """Test metrics of an uninterrupted run of ``args`` and of one that dies right after writing
     its checkpoint of ``at_step`` (as a kill would) and is then re-run in the same dir."""
-    from mtlbench import checkpoint, train
+    from mtlbench import train
 
     full = train.run(compose_config(args), tmp_path / "full", name)["tasks"]
+    killed_at(args, name, tmp_path / "part", at_step)
+    return full, train.run(compose_config(args), tmp_path / "part", name)["tasks"]
+
+
+def killed_at(args: Sequence[str], name: str, run_dir: Path, at_step: int) -> None:
+    """Run ``args`` in ``run_dir`` until it has written its checkpoint of ``at_step``, then die
+    (as a kill would: no metrics.json)."""
+    from mtlbench import checkpoint, train
+
     save = train.Loop.save
 
     def save_then_die(self: train.Loop, step: int, skipped: int) -> Path:
@@ -57,11 +66,9 @@ def killed_and_resumed(args: Sequence[str], name: str, tmp_path: Path,
             raise KeyboardInterrupt("killed")
         return path
 
-    part = tmp_path / "part"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train.Loop, "save", save_then_die)
         with pytest.raises(KeyboardInterrupt):
-            train.run(compose_config(args), part, name)
-    assert checkpoint.list_checkpoints(part)[-1][0] == at_step
-    assert not (part / "metrics.json").exists()
-    return full, train.run(compose_config(args), part, name)["tasks"]
+            train.run(compose_config(args), run_dir, name)
+    assert checkpoint.list_checkpoints(run_dir)[-1][0] == at_step
+    assert not (run_dir / "metrics.json").exists()

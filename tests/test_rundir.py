@@ -140,7 +140,35 @@ def test_resume_ignores_keys_that_do_not_change_the_result(tmp_path: Path) -> No
             "optimizer.fused=true"]  # (torch's implementation of the same Adam update)
     metrics = run(compose_config(args), run_dir, "equal")
     assert metrics["steps"] == 6 and (run_dir / "metrics.json").exists()
-    assert metrics["optimizer_implementation"] == "fused"
+    # the crashed run had checkpointed its last step: the resume trained none, only tested
+    assert [(s["steps"], s["num_threads"], s["optimizer_implementation"])
+            for s in metrics["segments"]] == [([0, 6], 1, "default"), ([6, 6], 2, "fused")]
+    assert (metrics["num_threads"], metrics["optimizer_implementation"]) == (1, "default")
+
+
+@pytest.mark.slow  # 7 s; tests/test_segments.py has the in-process resume
+def test_a_run_killed_and_resumed_another_way_is_labelled_by_both_processes(
+        tmp_path: Path) -> None:
+    args = [*LONG[:-1], "trainer.max_steps=600"]  # (LONG's last: trainer.num_threads=1)
+    run_dir = tmp_path / "run"
+    proc = start_cli(["train", *args, "trainer.num_threads=1", f"hydra.run.dir={run_dir}"],
+                     tmp_path)
+    wait_for(lambda: checkpoint.list_checkpoints(run_dir))
+    proc.kill()
+    proc.communicate()
+    assert not (run_dir / "metrics.json").exists(), "the run finished before it was killed"
+    last = checkpoint.list_checkpoints(run_dir)[-1][0]
+    resumed = run_cli(["train", *args, "trainer.num_threads=2", "optimizer.fused=true",
+                       f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [(s["steps"], s["device"], s["num_threads"], s["optimizer_implementation"])
+            for s in metrics["segments"]] == [([0, last], "cpu", 1, "default"),
+                                              ([last, 600], "cpu", 2, "fused")]
+    assert (metrics["device"], metrics["num_threads"], metrics["optimizer_implementation"]) == (
+        "cpu", None, None)
+    assert metrics["train_seconds"] == pytest.approx(
+        sum(s["seconds"] for s in metrics["segments"]), abs=0.01)
 
 
 def test_checkpoint_without_fingerprint_is_not_called_corrupt(tmp_path: Path) -> None:

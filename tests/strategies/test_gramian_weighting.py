@@ -29,7 +29,8 @@ METHODS = ["mgda", "upgrad", "dualproj", "pcgrad", "imtl_g", "cagrad", "aligned_
 #: What a 4-step run writes to metrics.json (train.Loop.train + train.run + train.finish).
 METRICS_KEYS = {"strategy", "seed", "steps", "epochs", "steps_per_epoch", "tasks", "val",
                 "skipped_steps", "train_seconds",
-                "device", "num_threads", "optimizer_implementation", "config"}
+                "device", "num_threads", "optimizer_implementation", "gradient_engine",
+                "segments", "config"}
 TINY = ["trainer.max_steps=4", "trainer.eval_every=2", "trainer.batch_size=32",
         "data.n_train=256", "data.n_val=64", "data.n_test=64", "trainer.device=cpu"]
 
@@ -85,7 +86,8 @@ def train_end_to_end(tmp_path: Path, name: str, params: str, *extra: str) -> dic
     cfg = compose_config([f"strategy={name}", f"strategy.params={params}", *TINY, *extra])
     returned = run(cfg, tmp_path / name, name)
     written = json.loads((tmp_path / name / "metrics.json").read_text())
-    assert set(written) == METRICS_KEYS | {"gradient_engine"}, set(written) ^ METRICS_KEYS
+    assert set(written) == METRICS_KEYS, set(written) ^ METRICS_KEYS
+    assert [s["gradient_engine"] for s in written["segments"]] == [written["gradient_engine"]]
     # auto on the CPU: a loop of VJPs; with batch 32 the second layer of the MLP (128 → 128)
     # takes the B×B kernel (linear_method: 0.7M against 2.1M multiply-adds for n = 4), the first
     # (32 → 128) does not
