@@ -18,6 +18,14 @@ classification heads (10 classes each) on the shared representation. Rows:
   fixed :class:`mtlbench.gradients.GradientEngine` each.
   The indented ``heads=unweighted`` row below it is the same step with the heads' option that
   computes the by-hand row's update exactly (each head keeps ∇L_i; checked on every parameter).
+* ``the same step in C++ (not mtlbench)`` (only with ``--native``; under the mtlbench
+  ``gradnorm_ideal[shared]`` row): not mtlbench, a measure of what its step costs without Python.
+  The same forward and losses in Python, then one call into ``scripts/native_loop.cpp`` (built
+  with ``torch.utils.cpp_extension``: needs a C++ compiler and ninja) that does what mtlbench's step
+  does for this strategy after the forward: per-task ``autograd::grad``, norms, weights, the
+  running sum, weighted heads, the finiteness check (losses, weights, heads; the shared update by
+  its bound), then Adam in Python if it passed; checked against the mtlbench row on every
+  parameter.
 * ``by hand: n x autograd.grad + normalize``: what one writes without a library: per task,
   ``torch.autograd.grad(L_i, shared + head_i params, retain_graph=True)``, divide the shared part by
   its norm, sum over tasks; head i keeps its own gradient; Adam step.
@@ -72,6 +80,7 @@ Python objects and quadprog's numpy arrays are not included. Neither is the proc
     .venv/bin/python scripts/bench_peers.py --model mlp128 --tasks 2 4 10 --memory
     .venv/bin/python scripts/bench_peers.py --model lenet --tasks 2 4 --seconds 20
     .venv/bin/python scripts/bench_peers.py --model lenet --tasks 2 4 --compile --cases "by hand"
+    .venv/bin/python scripts/bench_peers.py --model mlp128 --native --cases "by hand" "[shared]" C++
     .venv/bin/python scripts/bench_peers.py --model mlp --device cuda --memory
 
 Models: ``mlp`` MLP 784-256-256 (ReLU), linear heads; ``mlp128`` MLP 32-128-128 (the input size
@@ -112,6 +121,7 @@ from mtlbench.train import task_losses, train_step
 LR = 1e-4  # bench_strategies.prepare's Adam learning rate, used for every row
 FLOOR = "floor: sum backward + Adam"
 HAND = "by hand: n x autograd.grad + normalize"
+GNI = "mtlbench gradnorm_ideal[shared]"
 MIN_ROUNDS = 5  # with --seconds: at least this many rounds
 Step = Callable[[], object]
 
@@ -322,7 +332,7 @@ def libmtl_db_mtl_case(p: Problem, beta: float = 0.9,
 CASES: dict[str, Callable[[Problem], tuple[MultiTaskModel, Step]]] = {
     FLOOR: floor_case,
     "mtlbench equal": mtlbench_case("equal", {}),
-    "mtlbench gradnorm_ideal[shared]": mtlbench_case("gradnorm_ideal", {}),
+    GNI: mtlbench_case("gradnorm_ideal", {}),
     "  heads=unweighted (the by-hand update)": mtlbench_case("gradnorm_ideal",
                                                              {"heads": "unweighted"}),
     "  engine: loop, linear direct": mtlbench_case("gradnorm_ideal", {},
@@ -351,6 +361,40 @@ CASES: dict[str, Callable[[Problem], tuple[MultiTaskModel, Step]]] = {
 #: ``--compile``'s row, under the by-hand one: the same loop with ``torch.compile(model)`` (not in
 #: the default table: compiling takes seconds per configuration and needs a C++ compiler).
 COMPILED = "  by hand, torch.compile(model)"
+
+
+#: ``--native``'s row, under mtlbench's gradnorm_ideal[shared] row (not in the default table:
+#: building the extension takes ~20 s once and needs a C++ compiler and ninja).
+NATIVE = "  the same step in C++ (not mtlbench)"
+
+
+def native_case(p: Problem) -> tuple[MultiTaskModel, Step]:
+    """mtlbench's gradnorm_ideal[shared] step after the forward, in C++ (``native_loop.cpp``)."""
+    from torch.utils.cpp_extension import load
+
+    native = load("mtlbench_bench_native_loop", [str(Path(__file__).with_name("native_loop.cpp"))],
+                  extra_cflags=["-O2"])
+    m = copy.deepcopy(p.model)
+    opt = adam(m)
+    shared = shared_params(m)
+    heads = [list(m.heads[t.name].parameters()) for t in p.tasks]
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        outputs = m(p.x)[1]
+        _, finite = native.gradnorm_step([t.loss(outputs[t.name], p.y[t.name]) for t in p.tasks],
+                                         heads, shared)
+        if finite:
+            opt.step()
+    return m, step
+
+
+def add_native_row() -> None:
+    """Put :data:`NATIVE` into :data:`CASES` right under :data:`GNI`."""
+    rows = list(CASES.items())
+    rows.insert([label for label, _ in rows].index(GNI) + 1, (NATIVE, native_case))
+    CASES.clear()
+    CASES.update(rows)
 
 
 def add_compiled_row() -> None:
@@ -399,7 +443,12 @@ def run_checks(p: Problem) -> None:
 
 def _run_checks(p: Problem) -> None:
     rtol = 1e-4 if p.device.type == "cpu" else 1e-3
-    gni = one_step(p, "mtlbench gradnorm_ideal[shared]")[0]
+    gni, gni_heads = one_step(p, GNI)
+    if NATIVE in CASES:
+        native_shared, native_heads = one_step(p, NATIVE)
+        check("the same step in C++ == mtlbench gradnorm_ideal[shared], every "
+              ".grad", torch.cat([native_shared, *native_heads]), torch.cat([gni, *gni_heads]),
+              rtol)
     hand_shared, hand_heads = one_step(p, HAND)
     if COMPILED in CASES:
         compiled_shared, compiled_heads = one_step(p, COMPILED)
@@ -680,6 +729,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fused-adam", action="store_true",
                         help="every row's Adam with fused=True (mtlbench: optimizer.fused=true)")
+    parser.add_argument("--native", action="store_true",
+                        help=f"also the row {NATIVE.strip()!r} (builds scripts/native_loop.cpp)")
     parser.add_argument("--compile", action="store_true",
                         help=f"also the row {COMPILED.strip()!r}: the by-hand loop on "
                              "torch.compile(model)")
@@ -690,6 +741,8 @@ def main() -> None:
     ADAM_OPTIONS.update({"fused": True} if args.fused_adam else {})
     if args.compile:
         add_compiled_row()
+    if args.native:
+        add_native_row()
     retained = False if args.release_memory else retain_freed_memory()
     print(header(args, retained), flush=True)
     results = {}

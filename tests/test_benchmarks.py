@@ -103,3 +103,21 @@ def test_bench_peers_compile_adds_the_compiled_by_hand_row_and_checks_it() -> No
             if line.startswith("| ") and not line.startswith("| case")]
     assert rows == ["floor: sum backward + Adam", "by hand: n x autograd.grad + normalize",
                     "by hand, torch.compile(model)"]
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None or shutil.which("ninja")
+                    is None, reason="torch.utils.cpp_extension builds with $CXX and ninja")
+def test_bench_peers_native_adds_the_c_plus_plus_step_and_checks_it() -> None:
+    """``--native``: ``scripts/native_loop.cpp``'s step is timed right under mtlbench's
+    gradnorm_ideal[shared] row, after its update was checked against it on every parameter."""
+    out = run_script("bench_peers.py", "--model", "mlp128", "--tasks", "3", "--width", "16",
+                     "--input-dim", "8", "--batch", "16", "--rounds", "1", "--steps", "1",
+                     "--warmup", "1", "--native", "--cases", "gradnorm_ideal[shared]", "C++")
+    checked = [line for line in out.splitlines() if line.startswith("checked:")]
+    assert len(checked) == 12, checked
+    assert any(line.startswith("checked: the same step in C++ == mtlbench gradnorm_ideal[shared]")
+               for line in checked)
+    rows = [line.split("|")[1].strip() for line in out[out.index("## median ratio"):].splitlines()
+            if line.startswith("| ") and not line.startswith("| case")]
+    assert rows == ["floor: sum backward + Adam", "mtlbench gradnorm_ideal[shared]",
+                    "the same step in C++ (not mtlbench)"]
