@@ -87,22 +87,28 @@ def test_bench_peers_fused_adam_reaches_every_row() -> None:
     assert [g["params"] for g in fused.param_groups] == [params[:1], params[1:]]
 
 
+def assert_extra_row(option: str, cases: list[str], check: str, rows: list[str]) -> None:
+    """``bench_peers.py <option>`` on a tiny MLP, timing the rows matching ``cases``: its 12
+    agreement checks passed, one of them starting with ``check``, and the summary has ``rows``."""
+    out = run_script("bench_peers.py", "--model", "mlp128", "--tasks", "2", "--width", "16",
+                     "--input-dim", "8", "--batch", "16", "--rounds", "1", "--steps", "1",
+                     "--warmup", "1", option, "--cases", *cases)
+    checked = [line for line in out.splitlines() if line.startswith("checked:")]
+    assert len(checked) == 12, checked
+    assert any(line.startswith(f"checked: {check}") for line in checked), checked
+    timed = [line.split("|")[1].strip() for line in out[out.index("## median ratio"):].splitlines()
+             if line.startswith("| ") and not line.startswith("| case")]
+    assert timed == ["floor: sum backward + Adam", *rows]
+
+
 @pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
                     reason="torch.compile's CPU backend builds with $CXX (default g++)")
 def test_bench_peers_compile_adds_the_compiled_by_hand_row_and_checks_it() -> None:
     """``--compile``: the by-hand loop on ``torch.compile(model)`` is timed right under the
     by-hand row, after its update was checked against it on every parameter."""
-    out = run_script("bench_peers.py", "--model", "mlp128", "--tasks", "2", "--width", "16",
-                     "--input-dim", "8", "--batch", "16", "--rounds", "1", "--steps", "1",
-                     "--warmup", "1", "--compile", "--cases", "by hand")
-    checked = [line for line in out.splitlines() if line.startswith("checked:")]
-    assert len(checked) == 12, checked
-    assert any(line.startswith("checked: by-hand normalize, torch.compile(model) == by-hand")
-               for line in checked)
-    rows = [line.split("|")[1].strip() for line in out[out.index("## median ratio"):].splitlines()
-            if line.startswith("| ") and not line.startswith("| case")]
-    assert rows == ["floor: sum backward + Adam", "by hand: n x autograd.grad + normalize",
-                    "by hand, torch.compile(model)"]
+    assert_extra_row("--compile", ["by hand"],
+                     "by-hand normalize, torch.compile(model) == by-hand",
+                     ["by hand: n x autograd.grad + normalize", "by hand, torch.compile(model)"])
 
 
 @pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None or shutil.which("ninja")
@@ -110,14 +116,6 @@ def test_bench_peers_compile_adds_the_compiled_by_hand_row_and_checks_it() -> No
 def test_bench_peers_native_adds_the_c_plus_plus_step_and_checks_it() -> None:
     """``--native``: ``scripts/native_loop.cpp``'s step is timed right under mtlbench's
     gradnorm_ideal[shared] row, after its update was checked against it on every parameter."""
-    out = run_script("bench_peers.py", "--model", "mlp128", "--tasks", "3", "--width", "16",
-                     "--input-dim", "8", "--batch", "16", "--rounds", "1", "--steps", "1",
-                     "--warmup", "1", "--native", "--cases", "gradnorm_ideal[shared]", "C++")
-    checked = [line for line in out.splitlines() if line.startswith("checked:")]
-    assert len(checked) == 12, checked
-    assert any(line.startswith("checked: the same step in C++ == mtlbench gradnorm_ideal[shared]")
-               for line in checked)
-    rows = [line.split("|")[1].strip() for line in out[out.index("## median ratio"):].splitlines()
-            if line.startswith("| ") and not line.startswith("| case")]
-    assert rows == ["floor: sum backward + Adam", "mtlbench gradnorm_ideal[shared]",
-                    "the same step in C++ (not mtlbench)"]
+    assert_extra_row("--native", ["gradnorm_ideal[shared]", "C++"],
+                     "the same step in C++ == mtlbench gradnorm_ideal[shared]",
+                     ["mtlbench gradnorm_ideal[shared]", "the same step in C++ (not mtlbench)"])
