@@ -48,7 +48,7 @@ def described(segments: list[dict[str, Any]]) -> dict[str, Any]:
     """For each of :data:`DESCRIBED_KEYS`: the value every :func:`trained` segment has, or None
     where two of them differ or one did not record it."""
     values = {key: [s.get(key) for s in trained(segments)] for key in DESCRIBED_KEYS}
-    return {key: v[0] if v and all(x == v[0] for x in v) else None for key, v in values.items()}
+    return {key: v[0] if _same(v) else None for key, v in values.items()}
 
 
 def uniform(metrics: dict[str, Any]) -> bool:
@@ -59,7 +59,12 @@ def uniform(metrics: dict[str, Any]) -> bool:
     if segments is None:
         return True
     try:
-        first, *rest = trained(segments)
-        return all(s.get(key) == first.get(key) for s in rest for key in DESCRIBED_KEYS)
-    except (KeyError, TypeError, IndexError, AttributeError, ValueError):
+        ran = trained(segments)
+        return all(_same([s.get(key) for s in ran]) for key in DESCRIBED_KEYS)
+    except (KeyError, TypeError, IndexError, AttributeError):
         return False
+
+
+def _same(values: list[Any]) -> bool:
+    """Whether there is at least one value and all are equal."""
+    return bool(values) and all(v == values[0] for v in values)

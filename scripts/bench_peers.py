@@ -389,19 +389,11 @@ def native_case(p: Problem) -> tuple[MultiTaskModel, Step]:
     return m, step
 
 
-def add_native_row() -> None:
-    """Put :data:`NATIVE` into :data:`CASES` right under :data:`GNI`."""
+def add_row_under(anchor: str, label: str,
+                  build: Callable[[Problem], tuple[MultiTaskModel, Step]]) -> None:
+    """Put the row ``label`` (built by ``build``) into :data:`CASES` right under ``anchor``."""
     rows = list(CASES.items())
-    rows.insert([label for label, _ in rows].index(GNI) + 1, (NATIVE, native_case))
-    CASES.clear()
-    CASES.update(rows)
-
-
-def add_compiled_row() -> None:
-    """Put :data:`COMPILED` into :data:`CASES` right under the by-hand row."""
-    rows = list(CASES.items())
-    at = [label for label, _ in rows].index(HAND) + 1
-    rows.insert(at, (COMPILED, lambda p: by_hand_case(p, compiled=True)))
+    rows.insert([name for name, _ in rows].index(anchor) + 1, (label, build))
     CASES.clear()
     CASES.update(rows)
 
@@ -740,9 +732,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     ADAM_OPTIONS.update({"fused": True} if args.fused_adam else {})
     if args.compile:
-        add_compiled_row()
+        add_row_under(HAND, COMPILED, lambda p: by_hand_case(p, compiled=True))
     if args.native:
-        add_native_row()
+        add_row_under(GNI, NATIVE, native_case)
     retained = False if args.release_memory else retain_freed_memory()
     print(header(args, retained), flush=True)
     results = {}
