@@ -6,14 +6,22 @@ directory holding ``metrics.json``, ``error.json`` or ``.hydra/``; it is ``finis
 metrics.json, even beside an error.json: a later rejected attempt does not undo a result),
 ``failed`` (error.json, or an unreadable metrics.json) or ``unfinished`` (neither). Unknown keys of
 metrics.json are ignored; a null (non-finite) test metric is left out of that task's mean and the
-run is listed under problems. Runs are grouped into *configurations*: the strategy, its
-hyperparameters (``.hydra/config.yaml``: ``strategy.*``) and every other override that is not the
-seed. Each seed counts once per configuration (the newest metrics.json when a seed was run twice;
-the others are listed under problems). Settings that are the same for every run are shown once
-("common"), not in every label.
+run is listed under problems. Runs are grouped into *configurations*: the strategy and every
+setting that changes what is learned except the seed, as the run recorded them (``config`` of
+metrics.json: the values the fingerprint of :mod:`mtlbench.rundir` hashes), so two presets, two
+spellings of one value or a dir holding only metrics.json never merge or split configurations.
+Runs whose metrics.json predates ``config`` are grouped by their strategy, its hyperparameters
+(``.hydra/config.yaml``: ``strategy.*``) and every other override that is not the seed. Each seed
+counts once per configuration (the newest metrics.json when a seed was run twice; the others are
+listed under problems). A label names the strategy, the hyperparameters that vary and the
+overrides not common to every run (settings the same for every run are shown once, "common");
+configurations that would still read the same get the settings that tell them apart.
 
 Δm% (lower is better) compares a configuration's per-task mean metrics M_k with those of the
-single-task baselines (``strategy=single_task data.only=<task>`` runs found in the same dirs):
+single-task baselines (``strategy=single_task data.only=<task>`` runs found in the same dirs) run
+with the configuration's own settings (every recorded setting but the strategy's, the seed,
+``data.only`` and the gradient engine's, which a single-task run does not use); a configuration
+without such baselines gets no Δm%, and the report says so:
 
     Δm% = (1/K) Σ_k (−1)^{δ_k} (M_k − M_stl,k) / M_stl,k × 100,
     δ_k = 1 if higher is better (accuracy), 0 otherwise (mse)
@@ -49,9 +57,17 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-#: Override keys that never change what is learned (or name a preset); ignored for grouping.
-IGNORED_KEYS = frozenset({"seed", "strategy", "experiment", "trainer.device", "trainer.num_threads",
+#: Override keys that never change what is learned; left out of labels (and, for runs without a
+#: recorded ``config``, of grouping).
+IGNORED_KEYS = frozenset({"seed", "strategy", "trainer.device", "trainer.num_threads",
                           "trainer.progress", "trainer.report_metric"})
+#: Recorded settings a single-task baseline need not share with the configuration it is compared
+#: with: besides its strategy (``strategy.*``), seed and task (``data.only``), the gradient
+#: engine's, which no loss-side strategy uses.
+BASELINE_FREE = ("seed", "data.only", "trainer.gradient_engine", "trainer.linear_gramian")
+#: The settings of a configuration whose metrics.json has no ``config`` (written by an older
+#: mtlbench), where they tell configurations apart.
+UNRECORDED, RECORDED = {"config": "unrecorded"}, {"config": "recorded"}
 #: Metrics where higher is better; every other metric (mse) is lower-is-better.
 HIGHER_IS_BETTER = frozenset({"accuracy"})
 #: The strategy whose runs are the Δm% baselines.
@@ -91,6 +107,10 @@ class Run:
             when the run's segments ran in different ways (:func:`mtlbench.segments.uniform`).
         steps_per_epoch: ``steps_per_epoch`` of metrics.json, None when not recorded.
         selected: ``selected`` of metrics.json ({"step": int, "criterion": str}), None if absent.
+        config: ``config`` of metrics.json (every setting that changes what is learned), None
+            when not recorded.
+        timing: how the run was timed: metrics.json's ``device``, ``num_threads``,
+            ``optimizer_implementation`` and ``gradient_engine`` (JSON text each).
     """
 
     path: Path
@@ -107,16 +127,36 @@ class Run:
     seconds_per_step: float | None = None
     steps_per_epoch: int | None = None
     selected: dict[str, Any] | None = None
+    config: dict[str, Any] | None = None
+    timing: tuple[str, ...] = ()
 
     @property
-    def config_key(self) -> tuple[str, tuple[tuple[str, str], ...]]:
-        """What identifies the run's configuration: strategy and sorted params."""
-        return self.strategy, tuple(sorted(self.params.items()))
+    def config_key(self) -> tuple[Any, ...]:
+        """What identifies the run's configuration: the strategy and its recorded config but the
+        seed; without one, the strategy and sorted params."""
+        if self.config is not None:
+            return self.strategy, "config", _frozen(self.config, lambda key: key != "seed")
+        return self.strategy, "params", tuple(sorted(self.params.items()))
+
+    @property
+    def baseline_key(self) -> tuple[tuple[str, str], ...] | None:
+        """The recorded settings its single-task baselines must share (:data:`BASELINE_FREE`
+        and ``strategy.*`` left out); None without a recorded config."""
+        if self.config is None:
+            return None
+        return _frozen(self.config, lambda key: not key.startswith("strategy.")
+                       and key not in BASELINE_FREE)
 
     @property
     def nonfinite(self) -> list[str]:
         """``task metric`` of each test metric that is null or non-finite."""
         return [f"{t} {m['metric']}" for t, m in self.tasks.items() if m["value"] is None]
+
+
+def _frozen(config: dict[str, Any], keep: Any) -> tuple[tuple[str, str], ...]:
+    """The ``keep(key)`` entries of a recorded config, hashable (values as JSON text)."""
+    return tuple(sorted((key, json.dumps(value, sort_keys=True, default=str))
+                        for key, value in config.items() if keep(key)))
 
 
 def is_job_dir(path: Path) -> bool:
@@ -238,7 +278,21 @@ def _read_metrics(run: Run, path: Path) -> str | None:
     run.status, run.tasks, run.seed, run.strategy, run.mtime = (
         "finished", tasks, seed, strategy, mtime)
     _read_extras(run, metrics)
+    if isinstance(metrics.get("config"), dict):
+        _use_config(run, metrics["config"])
     return None
+
+
+def _use_config(run: Run, config: dict[str, Any]) -> None:
+    """Take the run's settings from its recorded ``config``: the strategy's hyperparameters (also
+    for a dir without ``.hydra/``), and each override's value as the config holds it
+    (``optimizer.lr=1e-3`` and ``optimizer.lr=0.001`` are one setting)."""
+    run.config = config
+    params = {key: _fmt_value(config[key]) if key in config else value
+              for key, value in run.params.items() if not key.startswith("strategy.")}
+    params.update({key: _fmt_value(value) for key, value in config.items()
+                   if key.startswith("strategy.") and not key.endswith("._target_")})
+    run.params = params
 
 
 def _positive(value: Any) -> float | None:
@@ -258,6 +312,8 @@ def _read_extras(run: Run, metrics: dict[str, Any]) -> None:
     selected = metrics.get(SELECTED_KEY)
     if isinstance(selected, dict) and isinstance(selected.get("step"), int):
         run.selected = {"step": selected["step"], "criterion": selected.get("criterion")}
+    run.timing = tuple(json.dumps(metrics.get(key), sort_keys=True, default=str)
+                       for key in segments.DESCRIBED_KEYS)
 
 
 def _main_metric(values: dict[str, Any]) -> dict[str, Any]:
@@ -316,16 +372,37 @@ class Row:
     delta_m: float | None = None
     rank: int | None = None
     members: list[Run] = field(default_factory=list)
+    #: The single-task baselines Δm% compares it with (task → metric, mean, configs).
+    base: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def is_baseline(self) -> bool:
         return self.strategy == BASELINE_STRATEGY
 
     @property
+    def baseline_key(self) -> tuple[tuple[str, str], ...] | None:
+        """The settings its baselines share (:attr:`Run.baseline_key`; one for all members)."""
+        return self.members[0].baseline_key if self.members else None
+
+    @property
+    def settings(self) -> dict[str, str]:
+        """Its recorded config but the seed (values as on the command line), or its params and
+        :data:`UNRECORDED` for runs without one (:data:`RECORDED` with it)."""
+        config = self.members[0].config if self.members else None
+        if config is None:
+            return {**self.params, **UNRECORDED}
+        return {**{key: _fmt_value(value) for key, value in config.items() if key != "seed"},
+                **RECORDED}
+
+    @property
     def seconds_per_step(self) -> float | None:
-        """Mean training seconds per step over the runs that record it; None when none does."""
-        values = [m.seconds_per_step for m in self.members if m.seconds_per_step is not None]
-        return statistics.fmean(values) if values else None
+        """Mean training seconds per step over the runs that record it; None when none does, or
+        when they were timed in different settings (device, threads, optimizer implementation,
+        gradient engine)."""
+        timed = [m for m in self.members if m.seconds_per_step is not None]
+        if not timed or len({m.timing for m in timed}) > 1:
+            return None
+        return statistics.fmean(m.seconds_per_step for m in timed)
 
     @property
     def selected_steps(self) -> list[int | None]:
@@ -435,18 +512,55 @@ def _value_key(text: str) -> tuple[int, float, str]:
 
 
 def aggregate(runs: Sequence[Run], common: dict[str, str]) -> list[Row]:
-    """Group finished runs by (strategy, params) and average each task's metric over seeds
-    (one run per seed: see :func:`drop_duplicate_seeds`); rows sorted by :func:`natural_key`."""
+    """Group finished runs by configuration (:attr:`Run.config_key`) and average each task's
+    metric over seeds (one run per seed: see :func:`drop_duplicate_seeds`); labels made unique
+    (:func:`disambiguate`), rows sorted by :func:`natural_key`."""
     finished = [r for r in runs if r.status == "finished"]
     varying = varying_strategy_params(finished)
-    groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[Run]] = {}
+    groups: dict[tuple[Any, ...], list[Run]] = {}
     for run in finished:
         groups.setdefault(run.config_key, []).append(run)
-    rows = [Row(label_of(strategy, dict(items), common, varying), strategy, dict(items),
-                sorted((m.seed for m in members), key=lambda s: (s is None, s or 0)),
-                task_stats(members), members=sorted(members, key=_seed_order))
-            for (strategy, items), members in groups.items()]
+    rows = []
+    for members in groups.values():
+        strategy, params = members[0].strategy, shared_params(members)
+        rows.append(Row(label_of(strategy, params, common, varying), strategy, params,
+                        sorted((m.seed for m in members), key=lambda s: (s is None, s or 0)),
+                        task_stats(members), members=sorted(members, key=_seed_order)))
+    disambiguate(rows)
     return sorted(rows, key=lambda r: natural_key(r.label))
+
+
+def shared_params(members: Sequence[Run]) -> dict[str, str]:
+    """The params every run of a configuration has with one value (its label's settings: a
+    value left at its default in one run and written out in another is in no label)."""
+    first = members[0].params
+    return {key: value for key, value in first.items()
+            if all(m.params.get(key) == value for m in members)}
+
+
+def disambiguate(rows: Sequence[Row]) -> None:
+    """Rows of different configurations whose labels read the same get the settings that tell
+    them apart (:attr:`Row.settings`; in key order, each only where it separates more of them)."""
+    by_label: dict[str, list[Row]] = {}
+    for row in rows:
+        by_label.setdefault(row.label, []).append(row)
+    for label, same in by_label.items():
+        if len(same) < 2:
+            continue
+        settings = [row.settings for row in same]
+        keys = sorted({key for s in settings for key in s
+                       if len({t.get(key, "<unset>") for t in settings}) > 1})
+        chosen: list[str] = []
+        distinct = 1
+        for key in keys:
+            found = len({tuple(s.get(k, "<unset>") for k in [*chosen, key]) for s in settings})
+            if found > distinct:
+                chosen, distinct = [*chosen, key], found
+            if distinct == len(same):
+                break
+        for row, s in zip(same, settings, strict=True):
+            row.label = " ".join([label, *(f"{key.removeprefix('strategy.')}={s[key]}"
+                                           for key in chosen if key in s)])
 
 
 def _seed_order(run: Run) -> tuple[bool, int]:
@@ -469,18 +583,37 @@ def task_stats(members: Sequence[Run]) -> dict[str, dict[str, Any]]:
     return tasks
 
 
-def baselines(rows: Sequence[Row]) -> dict[str, dict[str, Any]]:
-    """Single-task baseline per task: metric and mean over every single-task run of that task."""
-    values: dict[str, dict[str, Any]] = {}
+Baselines = dict[Any, dict[str, dict[str, Any]]]
+
+
+def baselines(rows: Sequence[Row]) -> Baselines:
+    """The single-task baselines of each set of settings (:attr:`Row.baseline_key`; None: runs
+    without a recorded config): per task, its metric, the mean over the single-task runs of that
+    task with those settings and how many configurations they are."""
+    found: dict[Any, dict[str, dict[str, Any]]] = {}
     for row in rows:
         if row.is_baseline:
             for task, entry in row.tasks.items():
                 if entry["values"]:
-                    base = values.setdefault(task, {"metric": entry["metric"], "values": []})
+                    base = found.setdefault(row.baseline_key, {}).setdefault(
+                        task, {"metric": entry["metric"], "values": [], "configs": 0})
                     base["values"].extend(entry["values"])
-    return {task: {"metric": b["metric"], "mean": statistics.fmean(b["values"]),
-                   "configs": sum(task in r.tasks for r in rows if r.is_baseline)}
-            for task, b in values.items()}
+                    base["configs"] += 1
+    return {key: {task: {"metric": b["metric"], "mean": statistics.fmean(b["values"]),
+                         "configs": b["configs"]} for task, b in tasks.items()}
+            for key, tasks in found.items()}
+
+
+def baseline_sets(groups: Baselines) -> list[dict[str, Any]]:
+    """The report's ``baselines``: one entry per set of settings, with the settings that tell
+    the sets apart (none when there is one set) and its per-task baselines."""
+    keys = list(groups)
+    settings = [dict(key) if key is not None else dict(UNRECORDED) for key in keys]
+    differing = sorted({k for s in settings for k in s
+                        if len({json.dumps(t.get(k)) for t in settings}) > 1})
+    return [{"settings": {k: json.loads(s[k]) if k in s and key is not None else s.get(k)
+                          for k in differing},
+             "tasks": groups[key]} for key, s in zip(keys, settings, strict=True)]
 
 
 def delta_m(tasks: dict[str, dict[str, Any]], base: dict[str, dict[str, Any]]) -> float | None:
@@ -496,10 +629,12 @@ def delta_m(tasks: dict[str, dict[str, Any]], base: dict[str, dict[str, Any]]) -
     return statistics.fmean(terms)
 
 
-def rank_rows(rows: Sequence[Row], base: dict[str, dict[str, Any]]) -> None:
-    """Set Δm% on every row and rank (1 = lowest Δm%) the multi-task rows that have one."""
+def rank_rows(rows: Sequence[Row], groups: Baselines) -> None:
+    """Set each row's baselines (those of its settings) and Δm%, and rank (1 = lowest Δm%) the
+    multi-task rows that have one."""
     for row in rows:
-        row.delta_m = delta_m(row.tasks, base)
+        row.base = groups.get(row.baseline_key, {})
+        row.delta_m = delta_m(row.tasks, row.base)
     ranked = sorted((r for r in rows if not r.is_baseline and r.delta_m is not None
                      and math.isfinite(r.delta_m)), key=lambda r: r.delta_m)
     for position, row in enumerate(ranked, start=1):
@@ -621,10 +756,20 @@ def problems_section(problems: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def without_baselines(rows: Sequence[Row], groups: Baselines) -> list[str]:
+    """Labels of the multi-task configurations that have no single-task baseline of some task
+    with their settings, while other settings have baselines (their Δm% is n/a)."""
+    if not groups:
+        return []
+    return [row.label for row in sorted(rows, key=table_order) if not row.is_baseline
+            and any(task not in row.base for task in row.tasks)]
+
+
 def render_markdown(report: dict[str, Any], header: list[str], cells: list[list[str]],
                     problems: Sequence[dict[str, Any]], plots: Sequence[Path],
-                    reference: str = "") -> str:
-    """The full report.md text (``reference``: the published-numbers section, if any)."""
+                    reference: str = "", unmatched: Sequence[str] = ()) -> str:
+    """The full report.md text (``reference``: the published-numbers section, if any;
+    ``unmatched``: :func:`without_baselines`)."""
     counts = report["counts"]
     duplicates = sum(p["problem"] == "duplicate seed" for p in problems)
     parts = ["# mtlbench report", "",
@@ -635,8 +780,9 @@ def render_markdown(report: dict[str, Any], header: list[str], cells: list[list[
              f"{len(cells)} configurations. Metrics: test split, mean ± sample std over seeds "
              "[95% CI of the mean, Student t] (— for a single seed); s/step: training seconds "
              f"per step (`{TIME_KEY} / {STEPS_KEY}` of metrics.json, mean over the seeds that "
-             "recorded it in one setting; — when none did: a run resumed on another device, "
-             "thread count or optimizer implementation, whose `segments` differ, has none).", ""]
+             "recorded it; — when none did, or when they ran on different devices, thread "
+             "counts, optimizer implementations or gradient engines: a run resumed another way, "
+             "whose `segments` differ, has none).", ""]
     criteria = report.get("selection_criteria")
     if criteria:
         parts += ["Selected step: the step whose model was tested (`trainer.select=best_val`; "
@@ -644,8 +790,18 @@ def render_markdown(report: dict[str, Any], header: list[str], cells: list[list[
     if report["common"]:
         common = ", ".join(f"`{k}={v}`" for k, v in report["common"].items())
         parts += [f"Common settings: {common}", ""]
-    if not report["baselines"]:
+    sets = report["baselines"]
+    if not sets:
         parts += ["Δm%: n/a (no `strategy=single_task data.only=<task>` runs in these dirs).", ""]
+    elif len(sets) > 1:
+        keys = list(sets[0]["settings"])
+        apart = ", ".join(f"`{k}`" for k in keys[:4]) + (
+            f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+        parts += [f"Δm%: each configuration against the single-task runs of its own settings "
+                  f"({len(sets)} sets of baselines, which differ in {apart}).", ""]
+    if unmatched:
+        parts += ["Δm%: n/a for " + ", ".join(f"`{label}`" for label in unmatched)
+                  + ": no single-task runs of every task with their settings in these dirs.", ""]
     parts += [markdown_table(header, cells), ""]
     if reference:
         parts += [reference, ""]
@@ -697,6 +853,7 @@ def as_json(report: dict[str, Any], rows: Sequence[Row],
                   "tasks": {t: {k: e[k] for k in ("metric", "mean", "std", "ci95", "values")}
                             for t, e in r.tasks.items()},
                   "delta_m_pct": r.delta_m, "rank": r.rank, "baseline": r.is_baseline,
+                  "baselines": {t: b["mean"] for t, b in r.base.items()},
                   "seconds_per_step": r.seconds_per_step, "selected_steps": r.selected_steps}
                  for r in rows],
         "problems": problems,
@@ -779,8 +936,7 @@ def row_matches(row: Row, published: Published, by_data: bool = False) -> bool:
             and (not by_data or all(m.data == published.data for m in row.members)))
 
 
-def our_values(row: Row, published: Published, base: dict[str, dict[str, Any]]
-               ) -> list[float] | None:
+def our_values(row: Row, published: Published) -> list[float] | None:
     """Our numbers (one per seed; one in all for a Δm%) comparable with ``published``, in its
     units; None when our runs cannot give one (a metric they do not record)."""
     scale = 100.0 if published.unit == "%" else 1.0
@@ -796,14 +952,14 @@ def our_values(row: Row, published: Published, base: dict[str, dict[str, Any]]
         return [r.seconds_per_step * r.steps_per_epoch for r in row.members
                 if r.seconds_per_step is not None and r.steps_per_epoch is not None]
     if published.metric in ("delta_m_pct", "delta_m_pct_higher_better"):
-        value = delta_m({t: row.tasks[t] for t in published.our_tasks}, base)
+        value = delta_m({t: row.tasks[t] for t in published.our_tasks}, row.base)
         sign = -1.0 if published.metric == "delta_m_pct_higher_better" else 1.0
         return [] if value is None else [sign * value]
     return None
 
 
 def compare(published: Sequence[Published], rows: Sequence[Row],
-            base: dict[str, dict[str, Any]], by_data: bool = False) -> list[Comparison]:
+            by_data: bool = False) -> list[Comparison]:
     """Each published number beside every configuration that runs its method (table order; with
     ``by_data``, on the same data config), or beside none; our numbers never feed back into the
     rows (ranks, Δm%)."""
@@ -811,7 +967,7 @@ def compare(published: Sequence[Published], rows: Sequence[Row],
     for pub in published:
         matching = sorted((r for r in rows if row_matches(r, pub, by_data)), key=table_order)
         for row in matching or [None]:
-            values = None if row is None else our_values(row, pub, base)
+            values = None if row is None else our_values(row, pub)
             ours = None if values is None else {
                 "mean": statistics.fmean(values) if values else None, "std": std(values),
                 "ci95": ci95(values), "n": len(values)}
@@ -1110,13 +1266,14 @@ def plot_pareto(path: Path, rows: Sequence[Row], base: dict[str, dict[str, Any]]
     return True
 
 
-def write_plots(out: Path, rows: Sequence[Row], base: dict[str, dict[str, Any]],
-                pareto: Sequence[str] | None) -> list[Path]:
-    """The PNG files that apply to these rows; returns their paths."""
+def write_plots(out: Path, rows: Sequence[Row], pareto: Sequence[str] | None) -> list[Path]:
+    """The PNG files that apply to these rows; returns their paths. The Pareto plot draws the
+    single-task baselines where its configurations share one set of them."""
     written = []
     if plot_gamma(out / "gamma.png", rows):
         written.append(out / "gamma.png")
     multi = [r for r in rows if len(r.tasks) >= 2]
+    base = multi[0].base if len({r.baseline_key for r in multi}) == 1 else {}
     names = [t for t, _ in task_columns(multi)]
     task_a, task_b = pareto if pareto else (names[:2] if len(names) >= 2 else (None, None))
     if task_a and task_b and plot_pareto(out / "pareto.png", multi, base, task_a, task_b):
@@ -1169,13 +1326,13 @@ def make_report(dirs: Sequence[Path], out: Path | None, pareto: Sequence[str] | 
     kept, dropped = drop_duplicate_seeds([r for r in runs if r.status == "finished"])
     common = common_params(kept)
     rows = aggregate(kept, common)
-    base = baselines(rows)
-    rank_rows(rows, base)
+    groups = baselines(rows)
+    rank_rows(rows, groups)
     check_pareto_tasks(pareto, rows)
     report = {"dirs": [str(d) for d in dirs], "common": common,
               "counts": {s: sum(r.status == s for r in runs)
                          for s in ("finished", "failed", "unfinished")},
-              "baselines": base, "files": []}
+              "baselines": baseline_sets(groups), "files": []}
     criteria = sorted({str(r.selected["criterion"]) for r in kept
                        if r.selected and r.selected["criterion"] is not None})
     if criteria:
@@ -1183,20 +1340,21 @@ def make_report(dirs: Sequence[Path], out: Path | None, pareto: Sequence[str] | 
     section, records, note = "", [], ""
     if reference:
         published, note, by_data = select_published(references.load(reference), kept)
-        comparisons = compare(published, rows, base, by_data)
+        comparisons = compare(published, rows, by_data)
         section = render_reference(reference, comparisons, note)
         records = reference_records(reference, comparisons)
     out = out or dirs[0]
     plots: list[Path] = []
     if write:
         out.mkdir(parents=True, exist_ok=True)
-        plots = write_plots(out, rows, base, pareto) if rows else []
+        plots = write_plots(out, rows, pareto) if rows else []
         report["files"] = [str(out / name) for name in ("report.md", "report.csv", "report.json")]
         if reference:
             report["files"].append(str(out / f"reference_{reference}.csv"))
         report["files"] += [str(p) for p in plots]
     problems = problems_of(runs, kept, dropped)
-    markdown = render_markdown(report, *table_rows(rows), problems, plots, section)
+    markdown = render_markdown(report, *table_rows(rows), problems, plots, section,
+                               without_baselines(rows, groups))
     document = as_json(report, rows, problems)
     if reference:
         document["reference"] = {"name": reference, "note": note or None, "rows": records}

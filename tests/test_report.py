@@ -311,7 +311,7 @@ def test_null_metric_is_missing_and_listed(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     """null (non-finite) test metrics are left out of that task's mean; new top-level keys are
     ignored; the run is listed as "non-finite metric"."""
-    extra = {"nonfinite": ["tasks.cls.accuracy"], "fingerprint": "abc", "config": {"seed": 2},
+    extra = {"nonfinite": ["tasks.cls.accuracy"], "fingerprint": "abc",
              "selected": {"step": 3}, "last": {"tasks": {"cls": {"accuracy": 0.1}}}}
     make_job(tmp_path, "0", "equal", 0, {"cls": 0.6, "reg": 1.0})
     make_job(tmp_path, "1", "equal", 1, {"cls": 0.8, "reg": 2.0})
@@ -356,3 +356,122 @@ def test_a_strategy_setting_given_on_the_command_line_is_in_the_label(tmp_path: 
         make_job(root, f"{seed}_equal", "equal", seed, {"cls": 0.7}, params={"eps": 1e-8})
     labels = set(rows_by_label(report_json(capsys, str(root))))
     assert labels == {"mgda params=representation", "equal"}
+
+
+# ----------------------------------------------------------------------------- recorded configs
+def recorded(seed: int, **settings: Any) -> dict[str, Any]:
+    """metrics.json's ``config`` (what the run learned with) for ``make_job(extra=...)``."""
+    return {"config": {"seed": seed, "optimizer.lr": 0.001, "trainer.max_steps": 10,
+                       **settings}}
+
+
+def test_presets_with_the_same_overrides_are_different_configurations(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two presets (``experiment=``) with one command line otherwise: the recorded configs differ,
+    so two rows and no seed of either is taken for a duplicate of the other."""
+    for preset, lr in (("slow", 0.0001), ("fast", 0.05)):
+        for seed in (0, 1):
+            make_job(tmp_path / preset, str(seed), "equal", seed, {"cls": lr + seed},
+                     overrides=[f"experiment={preset}"],
+                     extra=recorded(seed, **{"optimizer.lr": lr}))
+    document = report_json(capsys, str(tmp_path / "slow"), str(tmp_path / "fast"), "--no-files")
+    rows = rows_by_label(document)
+    assert set(rows) == {"equal experiment=slow", "equal experiment=fast"}
+    assert rows["equal experiment=slow"]["tasks"]["cls"]["values"] == [0.0001, 1.0001]
+    assert rows["equal experiment=fast"]["tasks"]["cls"]["values"] == [0.05, 1.05]
+    assert document["problems"] == []
+
+
+def test_dirs_holding_only_metrics_json_keep_the_strategy_settings(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without ``.hydra/``, the strategy's hyperparameters come from the recorded config."""
+    for i, gamma in enumerate((0.0, math.inf)):
+        job = make_job(tmp_path, str(i), "generalized_mean", 0, {"cls": 0.5 + i / 10},
+                       extra=recorded(0, **{"strategy._target_": "x.GM", "strategy.gamma":
+                                            "inf" if math.isinf(gamma) else gamma}))
+        for name in ("overrides.yaml", "config.yaml"):
+            (job / ".hydra" / name).unlink()
+        (job / ".hydra").rmdir()
+    document = report_json(capsys, str(tmp_path), "--no-files")
+    rows = rows_by_label(document)
+    assert set(rows) == {"generalized_mean gamma=0", "generalized_mean gamma=inf"}
+    assert rows["generalized_mean gamma=inf"]["tasks"]["cls"]["mean"] == pytest.approx(0.6)
+    assert document["problems"] == []
+
+
+def test_one_setting_written_two_ways_is_one_configuration(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``optimizer.lr=1e-3``, ``=0.001`` and the default 0.001 record one config: one row."""
+    for seed, typed in enumerate(("optimizer.lr=1e-3", "optimizer.lr=0.001", None)):
+        make_job(tmp_path, str(seed), "equal", seed, {"cls": 0.5}, extra=recorded(seed),
+                 overrides=[typed] if typed else [])
+    rows = rows_by_label(report_json(capsys, str(tmp_path), "--no-files"))
+    assert list(rows) == ["equal"] and rows["equal"]["seeds"] == [0, 1, 2]
+
+
+def test_configurations_that_read_the_same_get_the_setting_that_tells_them_apart(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Same command line, configs differing in one setting no label shows: the labels gain it."""
+    for width in (64, 128):
+        make_job(tmp_path / str(width), "0", "equal", 0, {"cls": width / 1000},
+                 extra=recorded(0, **{"model.width": width, "model.depth": 2}))
+    make_job(tmp_path / "old", "0", "equal", 0, {"cls": 0.9})  # metrics.json without config
+    rows = rows_by_label(report_json(capsys, str(tmp_path), "--no-files"))
+    assert set(rows) == {"equal config=recorded model.width=64",
+                         "equal config=recorded model.width=128", "equal config=unrecorded"}
+    assert rows["equal config=recorded model.width=64"]["tasks"]["cls"]["mean"] == 0.064
+
+
+def stl_and_mtl(root: Path, steps: int, mtl: tuple[float, float],
+                stl: tuple[float, float] | None) -> None:
+    """An ``equal`` run (cls accuracy, reg mse) and, unless ``stl`` is None, its two single-task
+    baselines, all trained ``steps`` steps."""
+    extra = recorded(0, **{"trainer.max_steps": steps, "trainer.gradient_engine": "auto"})
+    make_job(root, f"equal_{steps}", "equal", 0, {"cls": mtl[0], "reg": mtl[1]},
+             overrides=[f"trainer.max_steps={steps}"], extra=extra)
+    for task, value in zip(("cls", "reg") if stl else (), stl or (), strict=True):
+        only = {"config": {**extra["config"], "data.only": task,  # an engine no STL run uses
+                           "trainer.gradient_engine": "loop"}}
+        make_job(root, f"stl_{task}_{steps}", "single_task", 0, {task: value}, extra=only,
+                 overrides=[f"trainer.max_steps={steps}", f"data.only={task}"])
+
+
+def test_delta_m_compares_with_the_baselines_of_the_same_settings(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """10- and 30-step runs each against their own 10- and 30-step baselines, never the pool;
+    a configuration without baselines of its settings gets n/a and is named."""
+    stl_and_mtl(tmp_path, 10, mtl=(0.6, 4.0), stl=(0.8, 2.0))
+    stl_and_mtl(tmp_path, 30, mtl=(0.9, 1.0), stl=(0.9, 2.0))
+    stl_and_mtl(tmp_path, 50, mtl=(0.95, 0.5), stl=None)
+    document = report_json(capsys, str(tmp_path), "--no-files")
+    rows = rows_by_label(document)
+    # 10 steps: ½ [ -(0.6 - 0.8)/0.8 + (4 - 2)/2 ] × 100 = ½ [25 + 100] = 62.5
+    # 30 steps: ½ [ -(0.9 - 0.9)/0.9 + (1 - 2)/2 ] × 100 = ½ [0 - 50]   = -25
+    assert rows["equal trainer.max_steps=10"]["delta_m_pct"] == pytest.approx(62.5)
+    assert rows["equal trainer.max_steps=30"]["delta_m_pct"] == pytest.approx(-25.0)
+    assert rows["equal trainer.max_steps=30"]["baselines"] == {"cls": 0.9, "reg": 2.0}
+    assert rows["equal trainer.max_steps=50"]["delta_m_pct"] is None
+    ranks = [rows[f"equal trainer.max_steps={steps}"]["rank"] for steps in (30, 10)]
+    assert ranks == [1, 2]
+    assert rows["single_task data.only=cls trainer.max_steps=10"]["delta_m_pct"] == 0.0
+    assert [s["settings"] for s in document["baselines"]] == [
+        {"trainer.max_steps": 10}, {"trainer.max_steps": 30}]
+    assert main([str(tmp_path), "--no-files"]) == 0
+    table = capsys.readouterr().out
+    assert "2 sets of baselines, which differ in `trainer.max_steps`" in table
+    assert "Δm%: n/a for `equal trainer.max_steps=50`: no single-task runs" in table
+
+
+def test_seconds_per_step_only_over_seeds_timed_alike(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """s/step is a mean over seeds run on one device with one thread count; else none."""
+    for seed, threads in enumerate((1, 1, 2)):
+        strategy = "equal" if seed < 2 else "realtime"
+        timing = {"train_seconds": 6.0 * (seed + 1), "num_threads": threads, "device": "cpu"}
+        make_job(tmp_path, str(seed), strategy, seed, {"cls": 0.5}, extra=timing)
+        make_job(tmp_path, f"{seed}_mixed", "geometric", seed, {"cls": 0.5},
+                 extra={**timing, "num_threads": seed})
+    rows = rows_by_label(report_json(capsys, str(tmp_path), "--no-files"))
+    assert rows["equal"]["seconds_per_step"] == pytest.approx(1.5)  # (6 + 12) / 2 / 6 steps
+    assert rows["realtime"]["seconds_per_step"] == pytest.approx(3.0)
+    assert rows["geometric"]["seconds_per_step"] is None
