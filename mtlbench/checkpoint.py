@@ -105,6 +105,22 @@ def load(path: Path) -> dict[str, Any]:
         ) from None
 
 
+#: Parameter-group keys that pick torch's optimizer implementation (``optimizer.foreach`` /
+#: ``optimizer.fused``): not in the fingerprint (they change float rounding at most), so a resume
+#: may change them, and its steps must then run the way its config and its segment say.
+IMPLEMENTATION_KEYS = ("foreach", "fused")
+
+
+def configured_implementation(saved: dict[str, Any],
+                              optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """An optimizer state dict with each parameter group's :data:`IMPLEMENTATION_KEYS` as
+    ``optimizer`` was built (``load_state_dict`` would otherwise bring back the checkpoint's, and
+    it moves the step counters to where the configured implementation keeps them)."""
+    groups = [{**old, **{key: new[key] for key in IMPLEMENTATION_KEYS if key in new}}
+              for old, new in zip(saved["param_groups"], optimizer.param_groups, strict=False)]
+    return {**saved, "param_groups": groups}
+
+
 def restore(state: dict[str, Any], path: Path, model: torch.nn.Module,
             optimizer: torch.optim.Optimizer, scheduler: Any,
             strategy: Any) -> tuple[int, dict[str, int]]:
@@ -115,7 +131,7 @@ def restore(state: dict[str, Any], path: Path, model: torch.nn.Module,
     """
     try:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(configured_implementation(state["optimizer"], optimizer))
         if scheduler is not None and state["scheduler"] is not None:
             scheduler.load_state_dict(state["scheduler"])
         strategy.load_state_dict(state["strategy"])

@@ -530,11 +530,14 @@ class Loop:
     seconds_before: float = 0.0
     started: float = 0.0
     overflow: int = 0
+    #: the last validation: {"step", "metrics"} (carried in checkpoints), None before the first
+    last_val: dict[str, Any] | None = None
 
     def save(self, step: int, skipped: int) -> Path:
         tcfg = self.cfg.trainer
         counters = {"skipped_steps": skipped, "train_seconds": self.seconds(),
-                    "overflow_steps": self.overflow, "segments": self.ran_segments(step)}
+                    "overflow_steps": self.overflow, "segments": self.ran_segments(step),
+                    "val": self.last_val}
         return checkpoint.save(self.run_dir, step, self.model, self.optimizer,
                                self.schedule.scheduler, self.strategy, keep=tcfg.keep_checkpoints,
                                counters=counters, config=self.config_values, selection=self.best,
@@ -587,8 +590,9 @@ class Loop:
         """Steps ``start`` … ``total_steps - 1``, evaluation, checkpoints; returns the metrics."""
         cfg, tcfg, data = self.cfg, self.cfg.trainer, self.data
         tasks, names, device = data.tasks, [t.name for t in data.tasks], data.train.inputs.device
-        skipped, val = counters.get("skipped_steps", 0), {}
+        skipped = counters.get("skipped_steps", 0)
         self.overflow = int(counters.get("overflow_steps", 0))
+        self.last_val = counters.get("val")
         self.seconds_before, self.started = counters.get("train_seconds", 0.0), time.perf_counter()
         self.first_step = start
         self.segments_before = list(counters.get("segments", [])) or (
@@ -599,6 +603,7 @@ class Loop:
         bar = interactive if tcfg.progress == "auto" else tcfg.progress == "on"
         with StopOnInterrupt() as interrupt, Progress(total, bar, names=names) as progress:
             self.logger = RunLogger(self.run_dir, names, purge_step=start or None)
+            self.resume_validation(start)
             for step in range(start, total):
                 idx = batch_indices(step, len(data.train), tcfg.batch_size, cfg.seed).to(device)
                 x, y = data.train.batch(idx)
@@ -636,6 +641,7 @@ class Loop:
                     log_eval(self.logger, "val", val, step + 1)
                     log.info("step %d/%d  val %s", step + 1, total, _brief(tasks, val))
                     self.consider(step + 1, val)
+                    self.last_val = {"step": step + 1, "metrics": val}
                 if tcfg.checkpoint_every and (step + 1) % tcfg.checkpoint_every == 0:
                     self.save(step + 1, skipped)
                 progress.update(step + 1, result.losses)
@@ -651,7 +657,7 @@ class Loop:
             "epochs": total / per_epoch,
             "steps_per_epoch": per_epoch,
             "tasks": {t.name: {"kind": t.kind, **test[t.name]} for t in tasks},
-            "val": val,
+            "val": self.last_val["metrics"] if self.last_val else {},
             "skipped_steps": skipped,
             "train_seconds": round(self.seconds(), 3),
             **({"overflow_steps": self.overflow} if self.precision.scaler is not None else {}),
@@ -661,6 +667,20 @@ class Loop:
         if self.criterion is not None:
             metrics.update(self.selected_test(test))
         return metrics
+
+    def resume_validation(self, start: int) -> None:
+        """On a resume at step ``start``: the checkpoint's last validation, logged again where
+        it was taken at ``start`` (the resume purges TensorBoard's events from ``start`` on), and
+        taken now when the run resumes at its end without one (a checkpoint written before
+        validations were carried: the model is the one it was taken on)."""
+        if not start:
+            return
+        if self.last_val is None and start == self.total_steps:
+            tcfg = self.cfg.trainer
+            self.last_val = {"step": start, "metrics": evaluate(
+                self.model, self.data.tasks, self.data.val, tcfg.eval_batch_size, self.precision)}
+        if self.last_val is not None and self.last_val["step"] == start:
+            log_eval(self.logger, "val", self.last_val["metrics"], start)
 
     def check_divergence(self, step: int, names: list[str], result: StepResult, skipped: int,
                          max_skipped: int) -> None:

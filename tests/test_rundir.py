@@ -135,11 +135,16 @@ def test_resume_with_another_config_names_the_keys(change: list[str], key: str,
 
 
 def test_resume_ignores_keys_that_do_not_change_the_result(tmp_path: Path) -> None:
-    run_dir = crashed_run(tmp_path, SHORT)
+    run_dir = tmp_path / "run"
+    finished = run(compose_config(SHORT), run_dir, "equal")
+    (run_dir / "metrics.json").unlink()  # died after its last checkpoint, before metrics.json
     args = [*SHORT, "trainer.log_every=2", "trainer.num_threads=2", "trainer.progress=off",
             "optimizer.fused=true"]  # (torch's implementation of the same Adam update)
     metrics = run(compose_config(args), run_dir, "equal")
     assert metrics["steps"] == 6 and (run_dir / "metrics.json").exists()
+    # the last validation comes with the checkpoint (it once came back empty)
+    assert metrics["val"] == finished["val"] and set(metrics["val"]) == {
+        "cls_k2", "cls_k10", "reg_x1", "reg_x100"}
     # the crashed run had checkpointed its last step: the resume trained none, only tested
     assert [(s["steps"], s["num_threads"], s["optimizer_implementation"])
             for s in metrics["segments"]] == [([0, 6], 1, "default"), ([6, 6], 2, "fused")]
@@ -201,10 +206,12 @@ def test_sweep_rerun_into_the_same_dir_keeps_finished_jobs(tmp_path: Path) -> No
     args = ["train", "-m", "strategy=equal,realtime", *SHORT, f"hydra.sweep.dir={sweep}"]
     assert run_cli(args, cwd=tmp_path).returncode == 0
     before = {p.name: snapshot(p) for p in sweep.iterdir() if p.is_dir()}
-    again = run_cli(args, cwd=tmp_path)
-    assert again.returncode == 0, again.stderr
-    assert "2 finished, 0 failed, 0 unfinished" in again.stdout + again.stderr
-    assert {p.name: snapshot(p) for p in sweep.iterdir() if p.is_dir()} == before
+    for more in ([], ["trainer.checkpoint_every=2", "optimizer.foreach=false"]):
+        # (keys that do not change the result are not in the job dirs' names either)
+        again = run_cli([*args, *more], cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert "2 finished, 0 failed, 0 unfinished" in again.stdout + again.stderr
+        assert {p.name: snapshot(p) for p in sweep.iterdir() if p.is_dir()} == before
 
 
 def test_fresh_replaces_a_finished_run(tmp_path: Path) -> None:
@@ -285,3 +292,14 @@ def test_a_sweep_leaves_no_stray_default_dirs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(list(sweep.rglob("metrics.json"))) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]
+
+
+def test_sweep_dir_names_leave_out_what_the_fingerprint_leaves_out() -> None:
+    """A sweep re-run with a key changed that does not change the result (``trainer.
+    checkpoint_every``, ``optimizer.foreach``, ...) finds its jobs' dirs: finished jobs are left
+    alone and killed ones resume, instead of starting over in new dirs."""
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "conf" / "config.yaml").read_text())
+    excluded = config["hydra"]["job"]["config"]["override_dirname"]["exclude_keys"]
+    assert sorted(excluded) == sorted(["experiment", *rundir.NOT_RESULT_AFFECTING])

@@ -62,6 +62,41 @@ def test_malformed_segments_are_not_taken_for_uniform(bad: Any) -> None:
     assert segments.uniform({})  # written before segments were recorded
 
 
+def test_a_resume_steps_with_the_optimizer_implementation_it_is_labelled_with(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``optimizer.fused=true`` on a resume of a default-implementation checkpoint: the resumed
+    steps run torch's fused Adam (its state dict would bring back the checkpoint's choice)."""
+    import importlib
+
+    adam = importlib.import_module("torch.optim.adam")  # (torch.optim.adam is a function)
+    killed_at(RUN, "equal", tmp_path, at_step=3)
+    fused, calls = adam._fused_adam, []
+
+    def counted(*args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        fused(*args, **kwargs)
+    monkeypatch.setattr(adam, "_fused_adam", counted)
+    metrics = run(compose_config([*RUN, "optimizer.fused=true"]), tmp_path, "equal")
+    assert len(calls) == 3  # steps 3, 4, 5
+    assert [s["optimizer_implementation"] for s in metrics["segments"]] == ["default", "fused"]
+
+
+def test_a_resume_logs_the_checkpoints_validation_again(tmp_path: Path) -> None:
+    """The resume purges TensorBoard's events from its step on, where the validation before the
+    checkpoint was logged: it is logged again, so the curve has every point."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def val_steps(run_dir: Path) -> list[int]:
+        events = EventAccumulator(str(run_dir))
+        events.Reload()
+        return [e.step for e in events.Scalars("val/accuracy/cls_k2")]
+    whole = tmp_path / "whole"
+    run(compose_config(RUN), whole, "equal")
+    killed_at(RUN, "equal", tmp_path / "resumed", at_step=3)
+    run(compose_config(RUN), tmp_path / "resumed", "equal")
+    assert val_steps(tmp_path / "resumed") == val_steps(whole) == [3, 6]
+
+
 def test_a_resume_with_other_threads_and_optimizer_is_labelled_by_both(tmp_path: Path) -> None:
     threads = torch.get_num_threads()
     try:
