@@ -123,12 +123,13 @@ def first_line(exc: BaseException) -> str:
 
 
 def metric_value(metrics: dict, name: str | None) -> float:
-    """``val/<metric>/<task>`` or ``test/<metric>/<task>`` from a metrics dict (nan if unset)."""
+    """``val/<metric>/<task>`` or ``test/<metric>/<task>`` from a metrics dict (nan if unset,
+    or not recorded: a metrics.json of an older mtlbench may have an empty ``val``)."""
     if not name:
         return math.nan
     split, metric, task = name.split("/")
-    source = metrics["val"] if split == "val" else metrics["tasks"]
-    value = source[task][metric]
+    source = metrics.get("val" if split == "val" else "tasks") or {}
+    value = (source.get(task) or {}).get(metric)
     return math.nan if value is None else float(value)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from collections.abc import Callable
@@ -218,3 +219,14 @@ def test_bad_input_is_one_line_and_overwrites_nothing(
     assert (run_dir / "metrics.json").read_bytes() == sentinel_metrics
     assert (run_dir / "checkpoints" / "keep.bin").read_bytes() == sentinel_ckpt
     assert not list(run_dir.glob("events.out.tfevents.*"))
+
+
+def test_report_metric_of_a_metrics_json_without_it_is_nan_not_a_crash() -> None:
+    """A metrics.json of an older mtlbench could hold ``"val": {}`` (a resume at the last step):
+    a re-run with ``trainer.report_metric`` returns nan (not recorded), not a KeyError."""
+    from mtlbench.cli import metric_value
+
+    metrics = {"val": {}, "tasks": {"cls_k2": {"accuracy": 0.75}}}
+    assert math.isnan(metric_value(metrics, "val/accuracy/cls_k2"))
+    assert metric_value(metrics, "test/accuracy/cls_k2") == 0.75
+    assert metric_value({"val": {"cls_k2": {"accuracy": 0.5}}}, "val/accuracy/cls_k2") == 0.5
