@@ -30,9 +30,10 @@ class JobFailed(RuntimeError):
     """A job that returned nan after writing ``error.json`` (re-raised for optimizing sweepers)."""
 
 
-def optimizing_sweeper(config: DictConfig) -> bool:
-    """Whether the sweeper optimizes the returned value (anything but Hydra's basic sweeper)."""
-    target = str(config.hydra.sweeper.get("_target_", ""))
+def optimizing_sweeper(config: DictConfig | dict[str, Any]) -> bool:
+    """Whether the sweeper optimizes the returned value (anything but Hydra's basic sweeper);
+    ``config``: the job's config, or ``{"hydra": HydraConfig.get()}``."""
+    target = str(config["hydra"].sweeper.get("_target_", ""))
     return bool(target) and not target.endswith("BasicSweeper")
 
 
@@ -65,10 +66,13 @@ class JobStatusReport(Callback):
 
     finished = 0
     failed = 0
+    #: whether the jobs run as a multirun (``-m``): set by ``cli._train``
+    multirun = False
 
     @classmethod
     def reset(cls) -> None:
         cls.finished = cls.failed = 0
+        cls.multirun = False
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status == JobStatus.COMPLETED and optimizing_sweeper(config):

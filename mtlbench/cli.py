@@ -42,15 +42,19 @@ def _train(cfg: Any) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from mtlbench.callbacks import JobStatusReport
+    from mtlbench.callbacks import JobStatusReport, optimizing_sweeper
     from mtlbench.train import Interrupted, run
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     strategy = hc.runtime.choices.get("strategy") or "custom"
     single = hc.mode == RunMode.RUN
+    JobStatusReport.multirun = not single
     config_files = job_config_files(cfg, hc)
     try:
+        if not single and cfg.trainer.report_metric is None and optimizing_sweeper({"hydra": hc}):
+            raise ConfigError("The sweeper optimizes `trainer.report_metric`, which is not set; "
+                              "set it, e.g. trainer.report_metric=val/accuracy/<task>.")
         metrics = run(cfg, run_dir, strategy, interactive=single and sys.stderr.isatty(),
                       config_files=config_files)
     except Interrupted as exc:
@@ -66,10 +70,10 @@ def _train(cfg: Any) -> float:
         log.error("Job %s failed: %s", run_dir.name, exc)
         return math.nan
     except Exception as exc:
-        JobStatusReport.failed += 1
         record_failure(run_dir, exc, config_files, with_traceback=True)
-        if single:
+        if single:  # (JobStatusReport.on_job_end counts a job whose exception passes through)
             raise
+        JobStatusReport.failed += 1
         log.error("Job %s failed with an unexpected %s: %s (traceback in %s)", run_dir.name,
                   type(exc).__name__, first_line(exc), run_dir / "error.json")
         return math.nan
@@ -92,8 +96,9 @@ def job_config_files(cfg: Any, hc: Any) -> dict[str, str]:
 
 def record_failure(run_dir: Path, exc: BaseException, config_files: dict[str, str],
                    with_traceback: bool = False) -> None:
-    """Write ``error.json`` (and ``.hydra/`` if the run never got to write it) and put the error
-    into ``cli.log``, unless the dir holds another run's result or is in use by another process
+    """Write ``error.json`` and this attempt's ``.hydra/`` (so the two describe one attempt: an
+    earlier failed attempt's config is replaced with its error) and put the error into
+    ``cli.log``, unless the dir holds a result or a checkpoint or is in use by another process
     (:func:`mtlbench.rundir.may_record_failure`)."""
     from mtlbench.files import atomic_write_bytes, write_error
     from mtlbench.rundir import may_record_failure
@@ -103,8 +108,7 @@ def record_failure(run_dir: Path, exc: BaseException, config_files: dict[str, st
         tb = "".join(traceback.format_exception(exc)) if with_traceback else None
         write_error(run_dir, exc, tb)
         for name, text in config_files.items():
-            if not (run_dir / ".hydra" / name).exists():
-                atomic_write_bytes(run_dir / ".hydra" / name, text.encode())
+            atomic_write_bytes(run_dir / ".hydra" / name, text.encode())
 
 
 def log_to_file(level: int, message: str, exc: BaseException | None = None) -> None:
@@ -153,6 +157,9 @@ def one_line(exc: BaseException) -> str:
     if isinstance(cause, OmegaConfBaseException):
         first = str(cause.msg or cause).splitlines()[0].strip()
         key = f" (key `{cause.full_key}`)" if cause.full_key else ""
+        if str(cause.full_key or "").startswith("trainer.select_reference.") and (
+                "not in struct" in first):
+            key += f"; add each task's value with +{cause.full_key}=<value>"
         head = str(exc).splitlines()[0].strip().rstrip(".")
         return first + key if head == first else f"{head}: {first}{key}"
     return re.sub(r"\s+", " ", head)
@@ -180,7 +187,8 @@ def _report_errors_on_one_line(func: Callable[[], Any]) -> Any:
         sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - delegate to Hydra's reporting
         failed, finished = JobStatusReport.failed, JobStatusReport.finished
-        if failed and not finished and os.environ.get("HYDRA_FULL_ERROR") != "1":
+        if (JobStatusReport.multirun and failed and not finished
+                and os.environ.get("HYDRA_FULL_ERROR") != "1"):
             sys.stderr.write(f"mtlbench: error: all {failed} jobs of the sweep failed; each job's "
                              "error.json says why.\n")
             sys.exit(1)
@@ -191,20 +199,61 @@ def _report_errors_on_one_line(func: Callable[[], Any]) -> Any:
 _original_run_and_report: Callable[..., Any] = lambda func: func()  # noqa: E731 - set in main
 
 
+#: Config groups that take one option name (a list would merge several options into one
+#: config, which then runs under none of their names).
+SINGLE_OPTION_GROUPS = ("strategy", "data", "model", "optimizer", "scheduler")
+#: Every config group of ``conf/`` a command line may choose an option of.
+GROUPS = (*SINGLE_OPTION_GROUPS, "experiment", "hydra/launcher", "hydra/sweeper")
+#: Overrides whose value is a folder: empty would mean the current directory.
+FOLDER_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """One-line :class:`ConfigError` for command lines Hydra would take wrongly or answer with a
+    traceback: a number beyond float64 (:func:`check_number_literals`), a config group set to
+    null or (for :data:`SINGLE_OPTION_GROUPS`) to a list, an empty run or sweep dir."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    check_number_literals(overrides)
+    try:
+        parsed = OverridesParser.create().parse_overrides(
+            [arg for arg in overrides if not arg.startswith("-")])
+    except HydraException:
+        return  # Hydra reports a malformed override itself, in one line
+    for override in parsed:
+        key = override.key_or_group
+        try:
+            values = (list(override.sweep_iterator()) if override.is_sweep_override()
+                      else [override.value()])
+        except HydraException:  # an interval sweep (optuna): no values to list
+            continue
+        if key in GROUPS and override.package is None and any(v is None for v in values):
+            raise ConfigError(f"`{key}` takes an option name, not null; "
+                              f"`mtlbench train --help` lists them.")
+        if key in SINGLE_OPTION_GROUPS and any(isinstance(v, list) for v in values):
+            raise ConfigError(f"`{key}` takes one option, not a list (a list merges the options "
+                              f"into one config); to run each: mtlbench train -m {key}=a,b.")
+        if key in FOLDER_KEYS and any(v is None or str(v).strip() == "" for v in values):
+            raise ConfigError(f"`{key}` is empty; give a folder (empty would be the current "
+                              "directory).")
+
+
 def check_number_literals(overrides: list[str]) -> None:
     """Reject an override whose number is beyond float64 (``1e400`` would silently become inf,
-    ``1e-400`` zero); ``inf``/``-inf`` must be written as such."""
+    ``1e-400`` zero; also as ``1_0e400``, in a list, a dict or ``choice(...)``); ``inf``/``-inf``
+    must be written as such."""
     for arg in overrides:
         key, sep, value = arg.partition("=")
         if not sep or key.startswith("-"):
             continue
-        for item in re.split(r"[,\[\]]", value):
+        for item in re.split(r"[,\[\](){}:\s]", value):
             text = item.strip()
-            if not re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", text):
+            if not re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", text.replace("_", "")):
                 continue
-            number = float(text)
-            if math.isinf(number) or (number == 0 and re.search(r"[1-9]", text.split("e")[0]
-                                                                  .split("E")[0])):
+            number = float(text.replace("_", ""))
+            if math.isinf(number) or (number == 0 and re.search(r"[1-9]", text.lower()
+                                                                  .split("e")[0])):
                 what = "inf" if math.isinf(number) else "0"
                 raise ConfigError(
                     f"`{key.lstrip('+~')}={text}` is beyond float64's range and would silently "
@@ -237,7 +286,7 @@ def train_main(args: list[str]) -> int:
         print(train_help(), end="")
         return 0
     try:
-        check_number_literals(args)
+        check_overrides(args)
     except ConfigError as exc:
         sys.stderr.write(f"mtlbench: error: {exc}\n")
         return 1

@@ -8,8 +8,9 @@ checked by each strategy's constructor. Every failure is a one-line :class:`Conf
 from __future__ import annotations
 
 import math
+import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -94,7 +95,9 @@ class TrainerConfig:
     linear_gramian: str = "auto"
     select: str = "last"
     select_metric: str = "mean_accuracy"
-    select_reference: Optional[Dict[str, float]] = None  # noqa: UP006, UP045
+    # task → value (``delta_m`` selection); a dict, not None, so that the command line can set
+    # ``trainer.select_reference.<task>=v`` (OmegaConf cannot add a key under a None node)
+    select_reference: Dict[str, float] = field(default_factory=dict)  # noqa: UP006
 
 
 @dataclass
@@ -131,6 +134,9 @@ def register_configs() -> None:
 
 
 MAX_SEED = 2**63 - 1
+#: ``trainer.num_threads`` at most this many per CPU (OpenMP fails, or the process crashes, when
+#: asked for tens of thousands of threads).
+MAX_THREADS_PER_CPU = 4
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -144,8 +150,32 @@ def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"`{key}` must be one of {', '.join(choices)}. Found `{key} = {value}`.")
 
 
+def check_known_keys(cfg: DictConfig) -> None:
+    """A key that nothing reads (a typo added with ``+``/``++``, which Hydra accepts: ``+trainer.
+    max_step=3``) is a :class:`ConfigError`: at the top level, in ``trainer`` and in a scheduler
+    without ``_target_``. (The strategy, optimizer, model and data builders reject the keywords
+    they do not take: :func:`mtlbench.instantiate.instantiate_group`; data tasks: their
+    dataset's ``task_spec``.)"""
+    known = {
+        "": [f.name for f in fields(Config) if f.name != "defaults"],
+        "trainer.": [f.name for f in fields(TrainerConfig)],
+        "scheduler.": (["_target_", "interval"] if cfg.get("scheduler") is not None
+                       and cfg.scheduler.get("_target_") is None else None),
+    }
+    for prefix, accepted in known.items():
+        if accepted is None:
+            continue
+        node = cfg if not prefix else cfg.get(prefix.rstrip("."))
+        unknown = [str(k) for k in (node or {}) if str(k) not in accepted]
+        if unknown:
+            raise ConfigError(f"`{prefix}{unknown[0]}` is not a setting mtlbench reads; "
+                              f"accepted{' under ' + prefix.rstrip('.') if prefix else ''}: "
+                              f"{', '.join(accepted)}.")
+
+
 def validate(cfg: DictConfig) -> None:
     """Range checks that types alone cannot express; raises a one-line :class:`ConfigError`."""
+    check_known_keys(cfg)
     t = cfg.trainer
     if (t.max_steps is None) == (t.epochs is None):
         both = "both are set" if t.epochs is not None else "neither is set"
@@ -166,6 +196,11 @@ def validate(cfg: DictConfig) -> None:
         _positive_int(f"trainer.{key}", t[key])
     for key in ("checkpoint_every", "num_threads"):
         _positive_int(f"trainer.{key}", t[key], minimum=0)
+    most = MAX_THREADS_PER_CPU * (os.cpu_count() or 1)
+    if t.num_threads > most:
+        raise ConfigError(f"`trainer.num_threads` must be 0 (one per core) or 1 … {most} "
+                          f"({MAX_THREADS_PER_CPU} per CPU of this machine). "
+                          f"Found `trainer.num_threads = {t.num_threads}`.")
     if not DEVICE_PATTERN.match(str(t.device)):
         raise ConfigError(
             "`trainer.device` must be auto, cpu, cuda, cuda:N or mps. "

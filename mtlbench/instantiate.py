@@ -34,15 +34,27 @@ def with_group_prefix(message: str, group: str) -> str:
 
 def instantiate_group(group: str, node: Any, **kwargs: Any) -> Any:
     """``instantiate(node, **kwargs)``; a :class:`MtlbenchError` raised by the target is re-raised
-    as is, and an unknown keyword becomes a :class:`ConfigError` listing the accepted parameters."""
+    as is, and becomes a :class:`ConfigError` of one line: an unknown keyword (listing the
+    accepted parameters), a ``_target_`` that does not import, and a value the target refuses
+    with ``ValueError`` / ``OverflowError`` (torch's optimizers: ``Invalid weight_decay value``)."""
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as exc:
         cause = exc.__cause__
         if isinstance(cause, MtlbenchError):
             raise type(cause)(with_group_prefix(str(cause), group)) from None
+        target = str(node.get("_target_")) if hasattr(node, "get") else "?"
+        if isinstance(cause, ImportError):
+            raise ConfigError(f"`{group}._target_` must name an importable class; "
+                              f"`{target}` does not import.") from None
+        if isinstance(cause, (ValueError, OverflowError)):
+            message = " ".join(str(cause).split())
+            raise ConfigError(f"`{group}` ({target}) refuses its settings: {message}") from None
+        if isinstance(cause, (RuntimeError, MemoryError)) and "allocate" in str(cause):
+            message = " ".join(str(cause).split())[:300]
+            raise ConfigError(f"`{group}` ({target}) does not fit in this machine's memory with "
+                              f"these settings: {message}") from None
         if isinstance(cause, TypeError):
-            target = str(node["_target_"])
             accepted = [p for p in accepted_parameters(target) if p not in kwargs]
             unknown = [k for k in node if not str(k).startswith("_") and k not in accepted]
             if unknown:

@@ -1282,6 +1282,16 @@ def write_plots(out: Path, rows: Sequence[Row], pareto: Sequence[str] | None) ->
 
 
 # ----------------------------------------------------------------------------- entry point
+def folder(what: str) -> Any:
+    """An argparse type: a non-empty path (an empty one would silently be the current dir)."""
+    def parse(text: str) -> Path:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"{what} is empty; give a folder (`.` for this one)")
+        return Path(text)
+    parse.__name__ = "folder"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``mtlbench report`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -1291,9 +1301,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compare runs: per-task test metrics (mean ± std over seeds), Δm% versus the "
                     "single-task baselines found in the dirs, rank; writes report.md, report.csv, "
                     "report.json and PNG plots.")
-    parser.add_argument("dirs", nargs="*", type=Path, metavar="DIR",
+    parser.add_argument("dirs", nargs="*", type=folder("DIR"), metavar="DIR",
                         help="sweep or run directories, searched recursively")
-    parser.add_argument("--out", type=Path, help="where to write the files (default: first DIR)")
+    parser.add_argument("--out", type=folder("--out"),
+                        help="where to write the files (default: first DIR)")
     parser.add_argument("--pareto", nargs=2, metavar=("TASK_A", "TASK_B"),
                         help="tasks of the Pareto scatter (default: the first two)")
     parser.add_argument("--format", choices=("table", "json"), default="table",
@@ -1344,6 +1355,8 @@ def make_report(dirs: Sequence[Path], out: Path | None, pareto: Sequence[str] | 
         section = render_reference(reference, comparisons, note)
         records = reference_records(reference, comparisons)
     out = out or dirs[0]
+    if write and out.exists() and not out.is_dir():
+        raise ReportError(f"`--out {out}` is a file; give a folder to write the report in.")
     plots: list[Path] = []
     if write:
         out.mkdir(parents=True, exist_ok=True)

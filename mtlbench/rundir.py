@@ -53,11 +53,15 @@ class ConfigMismatch(MtlbenchError):
 
 
 def flat_config(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Leaves of a (resolved, plain) config as ``{"a.b": value}``; lists stay values."""
+    """Leaves of a (resolved, plain) config as ``{"a.b": value}``; lists stay values, and an
+    empty mapping is the value None (``trainer.select_reference`` unset: as it was recorded when
+    its default was null, so the fingerprints of earlier runs still match)."""
     flat: dict[str, Any] = {}
     for key, value in node.items():
         name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and not value:
+            flat[name] = None
+        elif isinstance(value, Mapping):
             flat.update(flat_config(value, f"{name}."))
         else:
             flat[name] = value

@@ -10,6 +10,7 @@ every checkpoint (``mtlbench.checkpoint``), so a resumed run continues the same 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +70,11 @@ def build_scheduler(cfg: DictConfig | dict[str, Any], optimizer: torch.optim.Opt
                 f"`scheduler.milestones` must be increasing integers inside the run (1 … "
                 f"{length - 1} {interval}s). Found `scheduler.milestones = {milestones}`."
             )
+    eta_min = node.get("eta_min")
+    if eta_min is not None and (not isinstance(eta_min, (int, float)) or isinstance(eta_min, bool)
+                                or not math.isfinite(eta_min) or eta_min < 0):
+        raise ConfigError(f"`scheduler.eta_min` (the lowest learning rate) must be a finite "
+                          f"number >= 0. Found `scheduler.eta_min = {eta_min}`.")
     gamma = node.get("gamma")
     if gamma is not None and not (isinstance(gamma, (int, float)) and 0 < gamma <= 1):
         raise ConfigError(

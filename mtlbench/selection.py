@@ -86,7 +86,8 @@ def build_criterion(tcfg: Any, tasks: list[TaskSpec], has_val: bool) -> Criterio
         missing = [n for n in names if n not in ref]
         if missing:
             raise ConfigError(f"`trainer.select_metric = delta_m` needs "
-                              f"`trainer.select_reference.<task>` for {', '.join(missing)}.")
+                              f"`trainer.select_reference.<task>` for {', '.join(missing)} "
+                              f"(e.g. +trainer.select_reference.{missing[0]}=0.9).")
         bad = [n for n in names if not (isinstance(ref[n], (int, float)) and ref[n] != 0)]
         if bad:
             raise ConfigError(f"`trainer.select_reference.{bad[0]}` must be a nonzero number. "

@@ -449,6 +449,10 @@ def run(cfg: DictConfig, run_dir: Path, strategy_name: str, *, interactive: bool
             torch.use_deterministic_algorithms(True, warn_only=True)
         data = build_data(cfg.data, cfg.seed).to(device)
         strategy: Strategy = instantiate_group("strategy", cfg.strategy, _convert_="all")
+        if not isinstance(strategy, Strategy):
+            raise ConfigError(f"`strategy._target_` must name an mtlbench strategy class (a "
+                              f"Strategy); `{cfg.strategy._target_}` gave a "
+                              f"{type(strategy).__name__}.")
         model = build_model(cfg.model, data.input_shape, data.tasks).to(device)
         check_report_metric(tcfg.report_metric, data.tasks)
         context = SetupContext(  # on resume, replaced by the checkpoint's strategy state

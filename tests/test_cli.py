@@ -193,6 +193,36 @@ BAD_INPUT = [
         ["trainer.report_metric=val/accuracy/nope"],
         ["trainer.report_metric", "val/accuracy/cls_k10"],
     ),
+    # a config group null or a list, numbers beyond float64 in other spellings, empty dirs
+    (["strategy=null"], ["`strategy`", "not null"]),
+    (["experiment=null"], ["`experiment`", "not null"]),
+    (["strategy=[equal,rlw]"], ["`strategy`", "not a list", "-m strategy=a,b"]),
+    (["strategy=generalized_mean", "strategy.gamma=1_0e400"], ["strategy.gamma=1_0e400", "inf"]),
+    (["strategy=generalized_mean", "strategy.gamma=[1e-400]"], ["strategy.gamma=1e-400", "0"]),
+    # keys nothing reads, even when added with + / ++
+    (["+trainer.max_step=3"], ["trainer.max_step", "max_steps"]),
+    (["++foo=1"], ["`foo`", "trainer"]),
+    (["+data.tasks.reg_x1.foo=1"], ["data.tasks.reg_x1.foo", "loss_scale"]),
+    (["scheduler=none", "+scheduler.foo=1"], ["scheduler.foo", "interval"]),
+    # constructors' own refusals, one line each
+    (["optimizer.weight_decay=-1"], ["`optimizer`", "weight_decay", "-1"]),
+    (["+optimizer.betas=[0.9,2]"], ["`optimizer`", "beta"]),
+    (["strategy._target_=no.such.Thing"], ["strategy._target_", "no.such.Thing"]),
+    (["strategy._target_=os.getcwd"], ["strategy._target_", "Strategy", "os.getcwd"]),
+    (["model.width=100000000000"], ["`model`", "memory"]),
+    # values the code never checked
+    (["trainer.num_threads=100000"], ["trainer.num_threads", "100000", "per CPU"]),
+    (["strategy=static", "strategy.weights=3"], ["strategy.weights", "map task names"]),
+    (["strategy=upgrad", "+strategy.loss_weighting=1"], ["loss_weighting", "not a strategy"]),
+    (["strategy=cagrad", "strategy.c=1e300"], ["strategy.c", "at most"]),
+    (["scheduler=cosine", "scheduler.eta_min=-1"], ["scheduler.eta_min", ">= 0"]),
+    (["data.noise=-1"], ["data.noise", ">= 0"]),
+    (["data.tasks.cls_k2.class_skew=nan"], ["data.tasks.cls_k2.class_skew", "finite"]),
+    (["data.tasks.reg_x1.target_scale=inf"], ["data.tasks.reg_x1.target_scale", "finite"]),
+    (["data=gradnorm_toy", "data.tasks.t0.kind=classification"], ["data.tasks.t0.kind",
+                                                                  "regression"]),
+    (["data=gradnorm_toy", "data.sigmas=[-1.0,1.0]"], ["data.sigmas", "> 0"]),
+    (["trainer.select_reference.cls_k2=0.5"], ["+trainer.select_reference.cls_k2=<value>"]),
 ]
 if (REPO / "conf" / "strategy" / "gradnorm.yaml").exists():
     BAD_INPUT.append((["strategy=gradnorm", "strategy.alpha=-1"], ["alpha", "-1"]))
@@ -230,3 +260,64 @@ def test_report_metric_of_a_metrics_json_without_it_is_nan_not_a_crash() -> None
     assert math.isnan(metric_value(metrics, "val/accuracy/cls_k2"))
     assert metric_value(metrics, "test/accuracy/cls_k2") == 0.75
     assert metric_value({"val": {"cls_k2": {"accuracy": 0.5}}}, "val/accuracy/cls_k2") == 0.5
+
+
+@pytest.mark.parametrize("key", ["hydra.run.dir", "hydra.sweep.dir"])
+def test_an_empty_run_or_sweep_dir_is_refused_not_the_current_dir(
+        key: str, tmp_path: Path) -> None:
+    result = run_cli(["train", "trainer.max_steps=2", f"{key}="], cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"`{key}` is empty" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written where the command ran
+
+
+def test_a_bug_in_a_single_run_shows_its_traceback_and_is_not_called_a_sweep(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected exception (a bug, not bad input) keeps Hydra's report with its traceback,
+    and is counted once: it once read "all 2 jobs of the sweep failed" for one run."""
+    import mtlbench.train
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(mtlbench.train, "run", broken)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    code, out, err = run_in_process(["train", f"hydra.run.dir={tmp_path / 'run'}"], capsys)
+    assert code == 1 and "RuntimeError: a bug" in out + err
+    assert "jobs of the sweep" not in out + err
+    assert json.loads((tmp_path / "run" / "error.json").read_text())["type"] == "RuntimeError"
+
+
+def test_a_failed_attempts_error_and_config_describe_the_same_attempt(tmp_path: Path) -> None:
+    """A second rejected attempt in a dir without a result replaces the first one's .hydra/
+    along with its error.json, so report never pairs one attempt's error with another's config."""
+    run_dir = tmp_path / "run"
+    for bad in ("trainer.batch_size=0", "seed=-1"):
+        result = run_cli(["train", "trainer.max_steps=2", bad, f"hydra.run.dir={run_dir}"],
+                         cwd=tmp_path)
+        assert result.returncode == 1
+    assert "seed" in json.loads((run_dir / "error.json").read_text())["error"]
+    assert (run_dir / ".hydra" / "overrides.yaml").read_text().count("seed=-1") == 1
+    assert "batch_size" not in (run_dir / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_select_reference_is_set_per_task_on_the_command_line(tmp_path: Path) -> None:
+    """``+trainer.select_reference.<task>=v`` (documented) works; it once ended in a traceback
+    whatever the form. Unset, it is recorded as null, as before (old fingerprints still match)."""
+    from omegaconf import OmegaConf
+
+    from mtlbench.rundir import result_config
+
+    refs = {"cls_k2": 0.5, "cls_k10": 0.2, "reg_x1": 1.0, "reg_x100": 1.0}
+    run_dir = tmp_path / "run"
+    result = run_cli(["train", *FAST, "trainer.select=best_val", "trainer.select_metric=delta_m",
+                      *(f"+trainer.select_reference.{t}={v}" for t, v in refs.items()),
+                      f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["selected"]["criterion"] == "delta_m"
+    assert {t: metrics["config"][f"trainer.select_reference.{t}"] for t in refs} == refs
+    from conftest import compose_config
+
+    unset = result_config(OmegaConf.to_container(compose_config([]), resolve=True))
+    assert unset["trainer.select_reference"] is None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Optional
 
 import torch
@@ -97,8 +97,19 @@ class MultiTaskData:
         return cls(tasks, *(rows(lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False)))
 
 
-def task_spec(name: str, cfg: Mapping[str, Any], out_dim: int) -> TaskSpec:
-    """Build a :class:`TaskSpec` from a ``data.tasks.<name>`` entry and the task's output size."""
+#: The ``data.tasks.<name>`` keys every dataset reads (:class:`TaskConfig`).
+TASK_KEYS = tuple(f.name for f in fields(TaskConfig))
+
+
+def task_spec(name: str, cfg: Mapping[str, Any], out_dim: int,
+              keys: tuple[str, ...] = TASK_KEYS) -> TaskSpec:
+    """Build a :class:`TaskSpec` from a ``data.tasks.<name>`` entry and the task's output size;
+    a key the dataset does not read (``keys``; e.g. one added with ``+``) is a
+    :class:`ConfigError`, not silently ignored."""
+    unknown = sorted(set(cfg) - set(keys))
+    if unknown:
+        raise ConfigError(f"`data.tasks.{name}.{unknown[0]}` is not a task setting of this "
+                          f"dataset; accepted: {', '.join(keys)}.")
     return TaskSpec(
         name=name,
         kind=str(cfg["kind"]),

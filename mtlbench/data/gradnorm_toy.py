@@ -52,6 +52,11 @@ def build(
     """
     if len(sigmas) < 1:
         raise ConfigError("`data.sigmas` must list at least one σ (one task per σ).")
+    for sigma in sigmas:
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (
+                math.isfinite(sigma) and sigma > 0):
+            raise ConfigError(f"`data.sigmas` must be finite numbers > 0 (task i's scale). "
+                              f"Found `data.sigmas = {list(sigmas)}`.")
     names = task_names(len(sigmas))
     unknown = sorted(set(tasks or {}) - set(names))
     if unknown:
@@ -68,7 +73,10 @@ def build(
         eps = torch.randn(output_dim, input_dim, generator=gen) * math.sqrt(3.5)
         targets[name] = float(sigma) * torch.tanh(x @ (b + eps).T)
         cfg = dict((tasks or {}).get(name, {}))
-        cfg["kind"] = "regression"
+        if cfg.setdefault("kind", "regression") != "regression":
+            raise ConfigError(f"`data.tasks.{name}.kind` must be regression (every task of "
+                              f"data=gradnorm_toy is). Found `data.tasks.{name}.kind = "
+                              f"{cfg['kind']}`.")
         specs.append(task_spec(name, cfg, output_dim))
 
     return MultiTaskData.from_rows(specs, x, targets, n_train, n_val)

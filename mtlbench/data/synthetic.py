@@ -10,7 +10,7 @@ regression with targets of order 1 and a 3-d regression with targets of order 10
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Optional
 
 import torch
@@ -35,6 +35,9 @@ class SyntheticTaskConfig(TaskConfig):
     class_skew: float = 0.0
 
 
+SYNTHETIC_TASK_KEYS = tuple(f.name for f in fields(SyntheticTaskConfig))
+
+
 @dataclass
 class SyntheticDataConfig(DataConfig):
     _target_: str = "mtlbench.data.synthetic.build"
@@ -45,6 +48,14 @@ class SyntheticDataConfig(DataConfig):
     teacher_dim: int = 16
     noise: float = 0.1
     tasks: Dict[str, SyntheticTaskConfig] = field(default_factory=dict)  # noqa: UP006
+
+
+def check_finite(key: str, value: Any, minimum: float | None = None) -> None:
+    """A :class:`ConfigError` unless ``value`` is a finite number (>= ``minimum`` if given)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or (minimum is not None and value < minimum):
+        what = "a finite number" + (f" >= {minimum:g}" if minimum is not None else "")
+        raise ConfigError(f"`{key}` must be {what}. Found `{key} = {value}`.")
 
 
 def _targets(kind: str, cfg: Any, h: Tensor, gen: torch.Generator, noise: float) -> Tensor:
@@ -91,6 +102,10 @@ def build(
             raise ConfigError(
                 f"`data.{key}` must be an integer >= 1. Found `data.{key} = {value}`."
             )
+    check_finite("data.noise", noise, minimum=0.0)
+    for name, cfg in (tasks or {}).items():
+        check_finite(f"data.tasks.{name}.class_skew", cfg.get("class_skew", 0.0), minimum=0.0)
+        check_finite(f"data.tasks.{name}.target_scale", cfg.get("target_scale", 1.0))
     if not tasks:
         raise ConfigError("`data.tasks` must define at least one task.")
     gen = torch.Generator().manual_seed(int(seed))
@@ -108,7 +123,7 @@ def build(
                 f"`data.tasks.{name}.num_classes` must be set for a classification task."
             )
         out_dim = cfg["num_classes"] if kind == "classification" else cfg.get("dim", 1)
-        specs.append(task_spec(name, cfg, out_dim))
+        specs.append(task_spec(name, cfg, out_dim, SYNTHETIC_TASK_KEYS))
         targets[name] = _targets(kind, cfg, h, gen, noise)
 
     return MultiTaskData.from_rows(specs, x, targets, n_train, n_val)

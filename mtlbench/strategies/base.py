@@ -251,9 +251,10 @@ def stacked(loss_weighting: Strategy | None, method: GradientWeighting) -> Strat
             f"imtl_l, dwa, rlw). Found `loss_weighting = {loss_weighting}`."
         )
     if getattr(loss_weighting, "kind", None) != "loss":
+        kind = getattr(loss_weighting, "kind", "not a strategy")
         raise ConfigError(
             "Parameter `loss_weighting` must be a loss-side strategy (e.g. uw, imtl_l, dwa, rlw). "
-            f"Found `loss_weighting = {type(loss_weighting).__name__}` ({loss_weighting.kind})."
+            f"Found `loss_weighting = {type(loss_weighting).__name__}` ({kind})."
         )
     for claim in ("scale_invariant", "shift_invariant", "deterministic", "nonnegative_weights"):
         setattr(method, claim, getattr(method, claim) and getattr(loss_weighting, claim))

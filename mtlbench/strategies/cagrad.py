@@ -42,6 +42,8 @@ from mtlbench.strategies.gramian_weighting import GramianWeighting
 
 #: torchjd's threshold on ||g_w*|| relative to sqrt(tr G) (see the module docstring).
 NORM_EPS = 1e-6
+#: Largest ``c`` (its square, in ``rescale=1``'s divisor 1 + c², stays within float64).
+MAX_C = 1e150
 
 
 class CAGrad(GramianWeighting):
@@ -55,6 +57,8 @@ class CAGrad(GramianWeighting):
                  loss_weighting: Strategy | None = None, c: float = 0.5,
                  rescale: int = 1) -> None:
         self.c = check_positive("c", c, allow_zero=True)
+        if self.c > MAX_C:  # (1 + c² must stay finite)
+            raise ConfigError(f"Parameter `c` must be at most {MAX_C:g}. Found `c = {c}`.")
         if isinstance(rescale, bool) or rescale not in (0, 1, 2):
             raise ConfigError(
                 f"Parameter `rescale` must be one of 0, 1, 2. Found `rescale = {rescale}`."

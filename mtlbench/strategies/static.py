@@ -33,6 +33,11 @@ class Static(Strategy):
     shift_invariant = True
 
     def __init__(self, *, weights: Mapping[str, float] | None = None) -> None:
+        if weights is not None and not isinstance(weights, Mapping):
+            raise ConfigError(
+                "Parameter `strategy.weights` must map task names to weights, e.g. "
+                f"strategy.weights={{cls_k2:1,reg_x1:0.5}}. Found `strategy.weights = {weights}`."
+            )
         self.given = {
             str(k): check_real(f"strategy.weights.{k}", v) for k, v in (weights or {}).items()
         }
