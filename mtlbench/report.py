@@ -57,10 +57,12 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-#: Override keys that never change what is learned; left out of labels (and, for runs without a
-#: recorded ``config``, of grouping).
-IGNORED_KEYS = frozenset({"seed", "strategy", "trainer.device", "trainer.num_threads",
-                          "trainer.progress", "trainer.report_metric"})
+#: Override keys left out of labels (and, for runs without a recorded ``config``, of grouping):
+#: they never change what is learned, or name a preset (``experiment``: what it sets is in the
+#: recorded config; its name tells configurations apart only where their labels collide).
+IGNORED_KEYS = frozenset({"seed", "strategy", "experiment", "trainer.device",
+                          "trainer.num_threads", "trainer.progress", "trainer.report_metric"})
+PRESET_KEY = "experiment"
 #: Recorded settings a single-task baseline need not share with the configuration it is compared
 #: with: besides its strategy (``strategy.*``), seed and task (``data.only``), the gradient
 #: engine's, which no loss-side strategy uses.
@@ -111,6 +113,7 @@ class Run:
             when not recorded.
         timing: how the run was timed: metrics.json's ``device``, ``num_threads``,
             ``optimizer_implementation`` and ``gradient_engine`` (JSON text each).
+        preset: the ``experiment=`` preset it ran (override or Hydra's choices), None if none.
     """
 
     path: Path
@@ -129,6 +132,7 @@ class Run:
     selected: dict[str, Any] | None = None
     config: dict[str, Any] | None = None
     timing: tuple[str, ...] = ()
+    preset: str | None = None
 
     @property
     def config_key(self) -> tuple[Any, ...]:
@@ -230,6 +234,8 @@ def read_run(path: Path) -> Run:
               strategy=str(overrides.get("strategy") or choices.get("strategy") or "?"))
     data = overrides.get("data") or choices.get("data")
     run.data = str(data) if data else None
+    preset = overrides.get(PRESET_KEY) or choices.get(PRESET_KEY)
+    run.preset = str(preset) if preset else None
     run.params = {k: v for k, v in overrides.items()
                   if k not in IGNORED_KEYS and not k.startswith("strategy.")}
     run.explicit = {k for k in overrides if k.startswith("strategy.")}
@@ -387,12 +393,15 @@ class Row:
     @property
     def settings(self) -> dict[str, str]:
         """Its recorded config but the seed (values as on the command line), or its params and
-        :data:`UNRECORDED` for runs without one (:data:`RECORDED` with it)."""
+        :data:`UNRECORDED` for runs without one (:data:`RECORDED` with it); and the preset its
+        runs ran, if one."""
         config = self.members[0].config if self.members else None
+        presets = {m.preset for m in self.members}
+        preset = {PRESET_KEY: presets.pop()} if len(presets) == 1 and None not in presets else {}
         if config is None:
-            return {**self.params, **UNRECORDED}
-        return {**{key: _fmt_value(value) for key, value in config.items() if key != "seed"},
-                **RECORDED}
+            return {**preset, **self.params, **UNRECORDED}
+        return {**preset, **{key: _fmt_value(value) for key, value in config.items()
+                             if key != "seed"}, **RECORDED}
 
     @property
     def seconds_per_step(self) -> float | None:
@@ -549,7 +558,8 @@ def disambiguate(rows: Sequence[Row]) -> None:
             continue
         settings = [row.settings for row in same]
         keys = sorted({key for s in settings for key in s
-                       if len({t.get(key, "<unset>") for t in settings}) > 1})
+                       if len({t.get(key, "<unset>") for t in settings}) > 1},
+                      key=lambda key: (key != PRESET_KEY, key))  # the preset's name first
         chosen: list[str] = []
         distinct = 1
         for key in keys:
