@@ -76,17 +76,19 @@ def test_user_error_in_one_job_does_not_stop_the_others(tmp_path: Path) -> None:
 
 def test_unexpected_exception_is_recorded_and_the_batch_completes(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    proc = run_cli(["train", "-m", "optimizer._target_=no.such.Optimizer,torch.optim.Adam", *FAST,
-                    f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    # (the base class: a Strategy whose weights() is not implemented, so the step raises)
+    proc = run_cli(["train", "-m", "strategy._target_=mtlbench.strategies.base.Strategy,"
+                    "mtlbench.strategies.equal.Equal", *FAST, f"hydra.sweep.dir={sweep}"],
+                   cwd=tmp_path)
     # no traceback on the console: the summary comes last and the exit status is 1
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1 and "Traceback" not in output, output
     assert "1 finished, 1 failed, 0 unfinished" in output.rstrip().splitlines()[-2]
     failed, finished = job_dirs(sweep)
-    assert "no.such.Optimizer" in failed.name
+    assert "base.Strategy" in failed.name
     error = json.loads((failed / "error.json").read_text())
-    assert error["type"] == "InstantiationException"
-    assert "Traceback" in error["traceback"] and "no.such.Optimizer" in error["traceback"]
+    assert error["type"] == "NotImplementedError"
+    assert "Traceback" in error["traceback"] and "in weights" in error["traceback"]
     assert (finished / "metrics.json").is_file()
 
 
