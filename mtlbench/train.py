@@ -270,6 +270,8 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
                 strategy_weigh(strategy, losses, scale),
                 covers_shared=source == "shared", engine=engine)
             weights, stats, kernel = weights.detach(), grads.stats, grads.kernel_layers
+            if scale != 1.0 and stats is not None:  # logged as the strategy saw them: unscaled
+                stats = GradientStats(stats.norms / scale, stats.gramian / scale ** 2)
         for part in parts(strategy)[1:]:  # a stacked loss weighting's learned parameters
             if part.parameters():
                 objective = part.objective(losses)
@@ -396,12 +398,18 @@ def evaluate(model: MultiTaskModel, tasks: list[TaskSpec], split: Split, batch_s
 
 
 # ----------------------------------------------------------------------------- logging
-def log_step(logger: RunLogger, tasks: list[TaskSpec], step: int, result: StepResult,
-             with_grads: bool) -> None:
+def log_step(logger: RunLogger, tasks: list[TaskSpec], step: int, result: StepResult) -> None:
+    """``train/loss/<task>`` and ``train/weight/<task>`` of one step (every ``log_every``)."""
     names = [t.name for t in tasks]
     logger.scalars("train/loss", dict(zip(names, result.losses.tolist(), strict=True)), step)
     logger.scalars("train/weight", dict(zip(names, result.weights.tolist(), strict=True)), step)
-    if with_grads and result.grads is not None:
+
+
+def log_gradients(logger: RunLogger, tasks: list[TaskSpec], step: int, result: StepResult) -> None:
+    """``train/grad_norm/<task>`` and ``train/grad_cos/<a>__<b>`` of a step that computed its
+    gradient statistics (every ``grad_log_every``; gradient-side strategies)."""
+    names = [t.name for t in tasks]
+    if result.grads is not None:
         stats = result.grads
         logger.scalars("train/grad_norm", dict(zip(names, stats.norms.tolist(), strict=True)), step)
         cos = cosines(stats.gramian)
@@ -571,23 +579,30 @@ class Loop:
             state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             self.best = {"step": step, "value": value, "model": state}
 
-    def selected_test(self, last: dict[str, dict[str, float]]) -> dict[str, Any]:
-        """The metrics.json entries of ``best_val``: the selected model's test metrics (the
-        model is left holding its parameters), its step and criterion, and the last model's."""
+    def selected_test(self, last: dict[str, dict[str, float]],
+                      last_val: dict[str, dict[str, float]]) -> dict[str, Any]:
+        """The metrics.json entries of ``best_val``: the selected model's test and validation
+        metrics (``tasks``, ``val``: what is reported, and what ``trainer.report_metric`` reads;
+        the model is left holding its parameters; ``test/*`` in TensorBoard), its step and
+        criterion, and the last model's under ``last`` (``test_last/*``)."""
         assert self.criterion is not None and self.best is not None
         tasks, tcfg = self.data.tasks, self.cfg.trainer
+        log_eval(self.logger, "test_last", last, self.total_steps)
         self.model.load_state_dict(self.best["model"])
         test = evaluate(self.model, tasks, self.data.test, tcfg.eval_batch_size,
                         self.precision)
-        log_eval(self.logger, "test_selected", test, self.best["step"])
+        val = evaluate(self.model, tasks, self.data.val, tcfg.eval_batch_size, self.precision)
+        log_eval(self.logger, "test", test, self.total_steps)
         log.info("Selected step %d of %d by %s = %.6g", self.best["step"], self.total_steps,
                  self.criterion.name, self.criterion.reported(self.best["value"]))
         return {
             "tasks": {t.name: {"kind": t.kind, **test[t.name]} for t in tasks},
+            "val": val,
             "selected": {"step": int(self.best["step"]), "criterion": self.criterion.name,
                          "value": self.criterion.reported(self.best["value"])},
             "last": {"step": self.total_steps,
-                     "tasks": {t.name: {"kind": t.kind, **last[t.name]} for t in tasks}},
+                     "tasks": {t.name: {"kind": t.kind, **last[t.name]} for t in tasks},
+                     "val": last_val},
         }
 
     def train(self, start: int, counters: dict[str, float], interactive: bool) -> dict[str, Any]:
@@ -611,7 +626,8 @@ class Loop:
             for step in range(start, total):
                 idx = batch_indices(step, len(data.train), tcfg.batch_size, cfg.seed).to(device)
                 x, y = data.train.batch(idx)
-                logs_gradients = step % tcfg.log_every == 0 and step % tcfg.grad_log_every == 0
+                logs_gradients = step % tcfg.grad_log_every == 0
+                lr = self.optimizer.param_groups[0]["lr"]  # this step's (before the schedule)
                 result = train_step(self.model, tasks, x, y, self.strategy, self.optimizer,
                                     self.precision, self.engine, logs_gradients)
                 if self.kernel_layers is None and result.kernel_layers is not None:
@@ -636,9 +652,10 @@ class Loop:
                     self.logger.writer.add_scalar("train/skipped_steps", skipped, step)
                 self.schedule.after_step(step, per_epoch)
                 if step % tcfg.log_every == 0:
-                    log_step(self.logger, tasks, step, result, with_grads=logs_gradients)
-                    self.logger.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"],
-                                                  step)
+                    log_step(self.logger, tasks, step, result)
+                    self.logger.writer.add_scalar("train/lr", lr, step)
+                if logs_gradients:
+                    log_gradients(self.logger, tasks, step, result)
                 if (step + 1) % eval_every == 0 or step + 1 == total:
                     val = evaluate(self.model, tasks, data.val, tcfg.eval_batch_size,
                                    self.precision)
@@ -653,7 +670,8 @@ class Loop:
                     progress.close()
                     self.interrupted(step + 1, skipped)
         test = evaluate(self.model, tasks, data.test, tcfg.eval_batch_size, self.precision)
-        log_eval(self.logger, "test", test, total)
+        if self.criterion is None:  # (best_val logs the selected model's, and the last's apart)
+            log_eval(self.logger, "test", test, total)
         metrics = {
             "strategy": self.strategy_name,
             "seed": int(cfg.seed),
@@ -669,7 +687,7 @@ class Loop:
         ran = self.ran_segments(total)
         metrics.update(segments.described(ran), segments=ran)
         if self.criterion is not None:
-            metrics.update(self.selected_test(test))
+            metrics.update(self.selected_test(test, metrics["val"]))
         return metrics
 
     def resume_validation(self, start: int) -> None:

@@ -79,6 +79,53 @@ def test_best_val_reports_the_selected_models_test_metrics(tmp_path: Path) -> No
     with torch.no_grad():  # the loop's model now holds the selected parameters
         test = train.evaluate(loop.model, loop.data.tasks, loop.data.test, 1024)
     assert best["tasks"]["reg_x1"]["mse"] == pytest.approx(test["reg_x1"]["mse"], rel=1e-9)
+    # everything reported is the selected model's: its validation (what report_metric reads),
+    # and TensorBoard's test/*; the last model's under last / test_last/*
+    assert best["val"]["reg_x1"]["mse"] == pytest.approx(evals[step], rel=1e-6)
+    assert best["last"]["val"] == last["val"]
+    tags = {tag: {e.step: e.value for e in acc.Scalars(tag)}
+            for tag in ("test/mse/reg_x1", "test_last/mse/reg_x1")}
+    assert tags["test/mse/reg_x1"] == {32: pytest.approx(test["reg_x1"]["mse"], rel=1e-6)}
+    assert tags["test_last/mse/reg_x1"] == {32: pytest.approx(last["tasks"]["reg_x1"]["mse"],
+                                                              rel=1e-6)}
+
+
+def scalars(run_dir: Path, tag: str) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return {e.step: e.value for e in events.Scalars(tag)}
+
+
+def test_gradient_statistics_are_logged_every_grad_log_every_steps(tmp_path: Path) -> None:
+    """Every ``grad_log_every`` steps whatever ``log_every`` is (it was their lcm: 12 here)."""
+    run(tmp_path, [*TINY, "trainer.max_steps=20", "strategy=gradnorm_ideal",
+                   "trainer.log_every=4", "trainer.grad_log_every=6"])
+    assert sorted(scalars(tmp_path / "run", "train/grad_norm/cls_k2")) == [0, 6, 12, 18]
+    assert sorted(scalars(tmp_path / "run", "train/grad_cos/cls_k2__cls_k10")) == [0, 6, 12, 18]
+    assert sorted(scalars(tmp_path / "run", "train/loss/cls_k2")) == [0, 4, 8, 12, 16]
+
+
+@pytest.mark.parametrize("interval", ["step", "epoch"])
+def test_train_lr_at_a_step_is_the_rate_that_step_trained_with(interval: str,
+                                                               tmp_path: Path) -> None:
+    run(tmp_path, [*TINY, "trainer.max_steps=10", "trainer.log_every=1", "scheduler=exponential",
+                   "scheduler.gamma=0.5", f"scheduler.interval={interval}"])
+    lr = scalars(tmp_path / "run", "train/lr")
+    if interval == "step":
+        assert [lr[s] for s in (0, 1, 2)] == pytest.approx([1e-3, 5e-4, 2.5e-4])
+    else:  # 8 steps an epoch: steps 0-7 at 1e-3, 8-9 at 5e-4
+        assert [lr[s] for s in (0, 7, 8, 9)] == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4])
+
+
+def test_float16_gradient_norms_are_logged_without_the_loss_scale(tmp_path: Path) -> None:
+    """16-mixed: the logged norms are the strategy's (unscaled), not S times them."""
+    args = [*TINY, "trainer.max_steps=1", "strategy=mgda", "trainer.grad_log_every=1"]
+    run(tmp_path, args, "fp32")
+    run(tmp_path, [*args, "trainer.precision=16-mixed"], "fp16")
+    fp32, fp16 = (scalars(tmp_path / name, "train/grad_norm/cls_k2")[0] for name in ("fp32",
+                                                                                     "fp16"))
+    assert fp16 == pytest.approx(fp32, rel=2e-2)
 
 
 def test_resume_keeps_the_best_so_far_and_the_schedule(tmp_path: Path) -> None:
