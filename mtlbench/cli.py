@@ -43,7 +43,7 @@ def _train(cfg: Any) -> float:
     from hydra.types import RunMode
 
     from mtlbench.callbacks import JobStatusReport, optimizing_sweeper
-    from mtlbench.train import Interrupted, run
+    from mtlbench.train import Interrupted, override_text, run
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -58,8 +58,12 @@ def _train(cfg: Any) -> float:
         metrics = run(cfg, run_dir, strategy, interactive=single and sys.stderr.isatty(),
                       config_files=config_files)
     except Interrupted as exc:
-        log_to_file(logging.WARNING, str(exc))
-        sys.stderr.write(f"mtlbench: {exc}\n")
+        message = str(exc) if single else (
+            f"{exc.what} To resume, run the same sweep command with "
+            f"{override_text('hydra.sweep.dir', hc.sweep.dir)}: finished jobs are skipped and "
+            "this one resumes.")
+        log_to_file(logging.WARNING, message)
+        sys.stderr.write(f"mtlbench: {message}\n")
         sys.exit(EXIT_INTERRUPTED)
     except MtlbenchError as exc:
         JobStatusReport.failed += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
 import signal
 import threading
 import time
@@ -503,7 +504,11 @@ def run(cfg: DictConfig, run_dir: Path, strategy_name: str, *, interactive: bool
                     values, total, per_epoch, precision, criterion, best, engine=engine,
                     how={"device": str(device), "num_threads": threads,
                          "optimizer_implementation": optimizer_implementation(optimizer)})
-        return finish(loop, loop.train(start, counters, interactive))
+        metrics = finish(loop, loop.train(start, counters, interactive))
+        if loop.stop_requested:
+            raise Interrupted(f"Interrupted during the last step; the run finished: "
+                              f"{owned.path / 'metrics.json'} is written.", run_dir)
+        return metrics
 
 
 @dataclass
@@ -544,6 +549,8 @@ class Loop:
     overflow: int = 0
     #: the last validation: {"step", "metrics"} (carried in checkpoints), None before the first
     last_val: dict[str, Any] | None = None
+    #: Ctrl-C during the last step: the run finishes, then stops (a sweep goes no further)
+    stop_requested: bool = False
 
     def save(self, step: int, skipped: int) -> Path:
         tcfg = self.cfg.trainer
@@ -669,6 +676,7 @@ class Loop:
                 if interrupt.requested and step + 1 < total:
                     progress.close()
                     self.interrupted(step + 1, skipped)
+            self.stop_requested = interrupt.requested  # during the last step: finish, then stop
         test = evaluate(self.model, tasks, data.test, tcfg.eval_batch_size, self.precision)
         if self.criterion is None:  # (best_val logs the selected model's, and the last's apart)
             log_eval(self.logger, "test", test, total)
@@ -724,10 +732,8 @@ class Loop:
     def interrupted(self, step: int, skipped: int) -> None:
         path = self.save(step, skipped)
         self.logger.close()
-        raise Interrupted(
-            f"Interrupted at step {step}/{self.total_steps}; checkpoint saved as {path}. "
-            f"To resume, run the same command with hydra.run.dir={self.run_dir}."
-        )
+        raise Interrupted(f"Interrupted at step {step}/{self.total_steps}; checkpoint saved as "
+                          f"{path}.", self.run_dir)
 
 
 def finish(loop: Loop, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -765,7 +771,23 @@ def strict_json(node: Any, path: str = "") -> tuple[Any, list[str]]:
 
 
 class Interrupted(MtlbenchError):
-    """Ctrl-C: the run stopped at a step boundary after writing a checkpoint (exit status 130)."""
+    """Ctrl-C: the run stopped at a step boundary after writing a checkpoint, or finished if it
+    came during its last step (exit status 130). ``str()``: what happened and how to resume a
+    single run; :attr:`what` alone, for a sweep's own advice."""
+
+    def __init__(self, what: str, run_dir: Path) -> None:
+        self.what, self.run_dir = what, run_dir
+        super().__init__(f"{what} To resume, run the same command with "
+                         f"{override_text('hydra.run.dir', run_dir)}.")
+
+
+def override_text(key: str, value: object) -> str:
+    """``key=value`` as a command-line override, quoted where Hydra's grammar needs it (a path
+    with ``=``, ``,`` or spaces, as a sweep's job dirs have)."""
+    text = str(value)
+    if re.search(r"[=,\s'\"\[\]{}()]", text):
+        return "'" + key + '="' + text.replace('"', '\\"') + '"' + "'"
+    return f"{key}={text}"
 
 
 class StopOnInterrupt:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -303,3 +304,58 @@ def test_sweep_dir_names_leave_out_what_the_fingerprint_leaves_out() -> None:
     config = yaml.safe_load((Path(__file__).parents[1] / "conf" / "config.yaml").read_text())
     excluded = config["hydra"]["job"]["config"]["override_dirname"]["exclude_keys"]
     assert sorted(excluded) == sorted(["experiment", *rundir.NOT_RESULT_AFFECTING])
+
+
+def ctrl_c_at_step(patch: pytest.MonkeyPatch, at: int) -> None:
+    """Send this process a SIGINT during training step ``at`` (of every run)."""
+    from mtlbench import train
+
+    step = train.train_step
+    count = {"n": 0}
+
+    def stepping(*args: object, **kwargs: object) -> object:
+        if count["n"] == at:
+            signal.raise_signal(signal.SIGINT)
+        count["n"] += 1
+        return step(*args, **kwargs)
+    patch.setattr(train, "train_step", stepping)
+
+
+def test_a_ctrl_c_during_the_last_step_finishes_the_run_and_stops(tmp_path: Path) -> None:
+    """It was dropped: the run finished and a sweep went on to its next job."""
+    from mtlbench.train import Interrupted
+
+    whole = run(compose_config(SHORT), tmp_path / "whole", "equal")
+    with pytest.MonkeyPatch.context() as patch:
+        ctrl_c_at_step(patch, 5)  # SHORT trains 6 steps
+        with pytest.raises(Interrupted, match="during the last step; the run finished"):
+            run(compose_config(SHORT), tmp_path / "run", "equal")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["tasks"] == whole["tasks"]
+
+
+def test_a_ctrl_c_in_a_sweep_stops_it_and_says_how_to_resume_the_sweep(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mtlbench.cli import main
+
+    sweep = tmp_path / "sweep"
+    with pytest.MonkeyPatch.context() as patch:
+        ctrl_c_at_step(patch, 2)
+        with pytest.raises(SystemExit) as stopped:
+            main(["train", "-m", "seed=0,1", *SHORT, f"hydra.sweep.dir={sweep}"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 130
+    assert f"To resume, run the same sweep command with hydra.sweep.dir={sweep}" in err
+    assert "hydra.run.dir" not in err
+    assert [p.name.split("_")[0] for p in sweep.iterdir() if p.is_dir()] == ["0"]  # no job 1
+
+
+def test_the_resume_advice_quotes_a_path_hydra_would_misread(tmp_path: Path) -> None:
+    """A sweep job's dir has ``=`` and ``,``: the advice must parse (and point at it)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from mtlbench.train import override_text
+
+    path = tmp_path / "0_seed=0,trainer.max_steps=6"
+    [arg] = shlex.split(override_text("hydra.run.dir", path))  # as a shell passes it on
+    assert OverridesParser.create().parse_overrides([arg])[0].value() == str(path)
