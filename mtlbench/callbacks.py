@@ -2,9 +2,11 @@
 
 In a multirun ``cli._train`` catches every failure of a job, writes its ``error.json`` (with the
 traceback of an unexpected exception) and returns nan, so the sweep goes on and Hydra never
-re-raises. :meth:`JobStatusReport.on_job_end` counts the jobs (in this process: basic and optuna
-sweepers), :meth:`~JobStatusReport.on_multirun_end` counts them again from disk (parallel launchers
-run jobs elsewhere) and logs the summary; ``mtlbench train -m`` then exits 1 if any job failed.
+re-raises. :meth:`JobStatusReport.on_multirun_start` gives the sweep its ledger
+(:mod:`mtlbench.ledger`), where every job notes its start and end whatever process runs it;
+:func:`summarize` (at the multirun's end, or when its launcher dies) counts this sweep's jobs from
+it (from the job dirs on disk where no job kept one) and logs the summary; ``mtlbench train -m``
+then exits 1 if any job failed or did not end.
 With the optuna sweeper a nan result becomes a failed trial (told FAIL), so the study goes on (up
 to ``max_failure_rate``).
 """
@@ -66,13 +68,15 @@ class JobStatusReport(Callback):
 
     finished = 0
     failed = 0
-    #: whether the jobs run as a multirun (``-m``): set by ``cli._train``
+    #: whether the jobs run as a multirun (``-m``; set at its start, and by ``cli._train``)
     multirun = False
+    #: the multirun's sweep dir (set at its start)
+    sweep_dir: Path | None = None
 
     @classmethod
     def reset(cls) -> None:
         cls.finished = cls.failed = 0
-        cls.multirun = False
+        cls.multirun, cls.sweep_dir = False, None
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status == JobStatus.COMPLETED and optimizing_sweeper(config):
@@ -88,22 +92,44 @@ class JobStatusReport(Callback):
                 write_error(run_dir, error)
         log.error("Job %s failed: %s: %s", run_dir.name, type(error).__name__, error)
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mtlbench import ledger
+
+        ledger.start()
+        JobStatusReport.multirun, JobStatusReport.sweep_dir = True, Path(config.hydra.sweep.dir)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        summarize(Path(config.hydra.sweep.dir))
+
+
+def summarize(sweep_dir: Path, done: str = "Multirun done") -> tuple[int, int, int]:
+    """Log the sweep's finished / failed / unfinished jobs and set :class:`JobStatusReport`'s
+    counts; returns them. From the sweep's ledger (:mod:`mtlbench.ledger`: this sweep's jobs
+    only, refused ones as failed); without one, from the job dirs on disk."""
+    from mtlbench import ledger
+
+    found = ledger.entries(sweep_dir)
+    if found is not None:
+        jobs = [(Path(e["dir"]).name, e["state"], e.get("error")) for e in found]
+    elif sweep_dir.is_dir():
         from mtlbench.report import find_job_dirs, read_run
 
-        sweep_dir = Path(config.hydra.sweep.dir)
-        if not sweep_dir.is_dir():
-            return
-        runs = [read_run(p) for p in find_job_dirs(sweep_dir)]
-        bad = [r for r in runs if r.status != "finished"]
-        failed = sum(r.status == "failed" for r in bad)
-        JobStatusReport.finished, JobStatusReport.failed = len(runs) - len(bad), len(bad)
-        summary = (f"Multirun done in {sweep_dir}: {len(runs) - len(bad)} finished, "
-                   f"{failed} failed, {len(bad) - failed} unfinished.")
-        if not bad:
-            log.info("%s Compare: mtlbench report %s", summary, sweep_dir)
-            return
+        jobs = [(r.path.name, r.status, r.error)
+                for r in (read_run(p) for p in find_job_dirs(sweep_dir))]
+    else:
+        return 0, 0, 0
+    finished = sum(state == "finished" for _, state, _ in jobs)
+    failed = sum(state == "failed" for _, state, _ in jobs)
+    unfinished = len(jobs) - finished - failed
+    JobStatusReport.finished, JobStatusReport.failed = finished, failed + unfinished
+    summary = (f"{done} in {sweep_dir}: {finished} finished, {failed} failed, "
+               f"{unfinished} unfinished.")
+    if not failed + unfinished:
+        log.info("%s Compare: mtlbench report %s", summary, sweep_dir)
+    else:
         log.warning("%s", summary)
-        for run in bad:
-            detail = f": {run.error}" if run.error else ""
-            log.warning("  %s %s%s", run.status, run.path.name, detail)
+        for name, state, error in jobs:
+            if state != "finished":
+                state = "unfinished" if state in ("started", "interrupted") else state
+                log.warning("  %s %s%s", state, name, f": {error}" if error else "")
+    return finished, failed, unfinished

@@ -42,6 +42,7 @@ def _train(cfg: Any) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from mtlbench import ledger
     from mtlbench.callbacks import JobStatusReport, optimizing_sweeper
     from mtlbench.train import Interrupted, override_text, run
 
@@ -51,6 +52,13 @@ def _train(cfg: Any) -> float:
     single = hc.mode == RunMode.RUN
     JobStatusReport.multirun = not single
     config_files = job_config_files(cfg, hc)
+
+    def note(state: str, error: str | None = None) -> None:
+        """This job's state in the sweep's ledger (a multirun's jobs only)."""
+        if not single:
+            ledger.record(hc.sweep.dir, hc.job.num, run_dir, state, error)
+
+    note("started")
     try:
         if not single and cfg.trainer.report_metric is None and optimizing_sweeper({"hydra": hc}):
             raise ConfigError("The sweeper optimizes `trainer.report_metric`, which is not set; "
@@ -64,6 +72,7 @@ def _train(cfg: Any) -> float:
             "this one resumes.")
         log_to_file(logging.WARNING, message)
         sys.stderr.write(f"mtlbench: {message}\n")
+        note("interrupted", exc.what)
         sys.exit(EXIT_INTERRUPTED)
     except MtlbenchError as exc:
         JobStatusReport.failed += 1
@@ -72,6 +81,7 @@ def _train(cfg: Any) -> float:
             sys.stderr.write(f"mtlbench: error: {exc}\n")
             sys.exit(1)
         log.error("Job %s failed: %s", run_dir.name, exc)
+        note("failed", f"{type(exc).__name__}: {first_line(exc)}")
         return math.nan
     except Exception as exc:
         record_failure(run_dir, exc, config_files, with_traceback=True)
@@ -80,7 +90,9 @@ def _train(cfg: Any) -> float:
         JobStatusReport.failed += 1
         log.error("Job %s failed with an unexpected %s: %s (traceback in %s)", run_dir.name,
                   type(exc).__name__, first_line(exc), run_dir / "error.json")
+        note("failed", f"{type(exc).__name__}: {first_line(exc)}")
         return math.nan
+    note("finished")
     JobStatusReport.finished += 1
     return metric_value(metrics, cfg.trainer.report_metric)
 
@@ -179,7 +191,7 @@ def _report_errors_on_one_line(func: Callable[[], Any]) -> Any:
     import hydra
     from omegaconf.errors import OmegaConfBaseException
 
-    from mtlbench.callbacks import JobStatusReport
+    from mtlbench.callbacks import JobStatusReport, summarize
 
     try:
         return func()
@@ -190,11 +202,20 @@ def _report_errors_on_one_line(func: Callable[[], Any]) -> Any:
         sys.stderr.write(f"mtlbench: error: {one_line(cause)}\n")
         sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - delegate to Hydra's reporting
-        failed, finished = JobStatusReport.failed, JobStatusReport.finished
-        if (JobStatusReport.multirun and failed and not finished
+        sweep_dir = JobStatusReport.sweep_dir
+        if (JobStatusReport.multirun and sweep_dir is not None
                 and os.environ.get("HYDRA_FULL_ERROR") != "1"):
-            sys.stderr.write(f"mtlbench: error: all {failed} jobs of the sweep failed; each job's "
-                             "error.json says why.\n")
+            finished, failed, unfinished = summarize(sweep_dir, "Multirun stopped")
+            if failed and not finished and not unfinished:
+                sys.stderr.write(f"mtlbench: error: all {failed} jobs of the sweep failed; each "
+                                 "job's error.json says why.\n")
+            else:
+                sys.stderr.write(
+                    f"mtlbench: error: the sweep stopped ({type(exc).__name__}: "
+                    f"{first_line(exc)[:300]}) with {finished} finished, {failed} failed and "
+                    f"{unfinished} unfinished jobs; re-running the same command skips the "
+                    "finished ones and resumes the rest (HYDRA_FULL_ERROR=1 shows the "
+                    "traceback).\n")
             sys.exit(1)
         error = exc
         return _original_run_and_report(lambda: (_ for _ in ()).throw(error))

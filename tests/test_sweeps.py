@@ -182,3 +182,62 @@ def test_optuna_study_whose_trials_all_fail_is_one_line(tmp_path: Path) -> None:
     assert lines == ["mtlbench: error: all 2 jobs of the sweep failed; each job's error.json "
                      "says why."]
     assert all((j / "error.json").is_file() for j in job_dirs(sweep))
+
+
+# ----------------------------------------------------------------------------- the sweep's ledger
+def test_a_job_refused_by_another_configs_result_counts_as_failed(tmp_path: Path) -> None:
+    """The dir holds a finished run of another configuration (as two presets sharing a sweep dir
+    make): the job is refused and writes nothing there; the sweep says so and exits 1 (it once
+    recounted that dir's metrics.json as this job's success)."""
+    sweep = tmp_path / "sweep"
+    args = ["train", "-m", "seed=0", *FAST, f"hydra.sweep.dir={sweep}"]
+    assert run_cli(args, cwd=tmp_path).returncode == 0
+    [job] = job_dirs(sweep)
+    metrics = json.loads((job / "metrics.json").read_text())
+    metrics["config"]["optimizer.lr"] = 0.5  # another configuration's finished run
+    (job / "metrics.json").write_text(json.dumps(metrics))
+    again = run_cli(args, cwd=tmp_path)
+    output = again.stdout + again.stderr
+    assert again.returncode == 1, output
+    assert "0 finished, 1 failed, 0 unfinished" in output
+    assert "ConfigMismatch" in output and "optimizer.lr" in output
+
+
+def test_the_summary_counts_this_sweeps_jobs_not_the_dirs_earlier_ones(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    first = run_cli(["train", "-m", "strategy=single_task,equal", *FAST,
+                     f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert first.returncode == 1  # single_task without data.only: one job failed
+    second = run_cli(["train", "-m", "strategy=realtime", *FAST, f"hydra.sweep.dir={sweep}"],
+                     cwd=tmp_path)
+    output = second.stdout + second.stderr
+    assert second.returncode == 0, output
+    assert "1 finished, 0 failed, 0 unfinished" in output
+
+
+def test_a_sweep_that_stops_early_says_what_each_job_reached(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A launcher that dies (a worker killed by the OS, an Optuna study with no completed trial)
+    ends with the summary from the ledger and one line, not a traceback."""
+    from mtlbench import ledger
+    from mtlbench.callbacks import JobStatusReport
+    from mtlbench.cli import _report_errors_on_one_line
+
+    monkeypatch.setenv(ledger.ENV, "restored after the test")  # (ledger.start() sets it)
+    JobStatusReport.reset()
+    JobStatusReport.multirun, JobStatusReport.sweep_dir = True, tmp_path
+    ledger.start()
+    ledger.record(tmp_path, 0, tmp_path / "0_seed=0", "finished")
+    ledger.record(tmp_path, 1, tmp_path / "1_seed=1", "started")  # its worker was killed
+
+    def launcher() -> None:
+        raise RuntimeError("A worker process managed by the executor was unexpectedly terminated")
+    with pytest.raises(SystemExit) as stopped:
+        _report_errors_on_one_line(launcher)
+    err = capsys.readouterr().err
+    JobStatusReport.reset()
+    assert stopped.value.code == 1 and "Traceback" not in err
+    assert err.count("mtlbench: error:") == 1
+    assert ("the sweep stopped (RuntimeError: A worker process managed by the executor was "
+            "unexpectedly terminated) with 1 finished, 0 failed and 1 unfinished jobs") in err
