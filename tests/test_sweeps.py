@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -225,6 +226,8 @@ def test_a_sweep_that_stops_early_says_what_each_job_reached(
     from mtlbench.cli import _report_errors_on_one_line
 
     monkeypatch.setenv(ledger.ENV, "restored after the test")  # (ledger.start() sets it)
+    # (handlers earlier in-process runs left on the root logger may write to closed streams)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
     JobStatusReport.reset()
     JobStatusReport.multirun, JobStatusReport.sweep_dir = True, tmp_path
     ledger.start()
