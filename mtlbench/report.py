@@ -39,12 +39,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import statistics
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -186,14 +188,16 @@ def _load_yaml(path: Path) -> Any:
         return None
 
 
-def _flatten(node: Any, prefix: str) -> dict[str, str]:
-    """Scalar leaves of a nested mapping as ``{"prefix.a.b": "value"}`` (``_target_`` skipped)."""
-    if not isinstance(node, dict):
-        return {prefix: _fmt_value(node)}
+def _flatten(node: Any, prefix: str, top: bool = True) -> dict[str, str]:
+    """Scalar leaves of a nested mapping as ``{"prefix.a.b": "value"}`` (the top level's
+    ``_target_`` skipped: a nested one names a stacked strategy; an empty mapping is the value
+    None, as a recorded config holds it)."""
+    if not isinstance(node, dict) or not node:
+        return {prefix: _fmt_value(None if isinstance(node, dict) else node)}
     flat: dict[str, str] = {}
     for key, value in node.items():
-        if key != "_target_":
-            flat.update(_flatten(value, f"{prefix}.{key}"))
+        if not (top and key == "_target_"):
+            flat.update(_flatten(value, f"{prefix}.{key}", top=False))
     return flat
 
 
@@ -297,7 +301,7 @@ def _use_config(run: Run, config: dict[str, Any]) -> None:
     params = {key: _fmt_value(config[key]) if key in config else value
               for key, value in run.params.items() if not key.startswith("strategy.")}
     params.update({key: _fmt_value(value) for key, value in config.items()
-                   if key.startswith("strategy.") and not key.endswith("._target_")})
+                   if key.startswith("strategy.") and key != "strategy._target_"})
     run.params = params
 
 
@@ -935,13 +939,44 @@ def _param_matches(actual: str | None, wanted: str) -> bool:
         return False
 
 
+@functools.cache
+def strategy_defaults(name: str) -> dict[str, str]:
+    """``strategy.<key>`` → value of the shipped ``conf/strategy/<name>.yaml`` as Hydra composes
+    it (as on the command line; {} when there is no such file)."""
+    return _flatten(_strategy_node(name), "strategy")
+
+
+def _strategy_node(name: str) -> dict[str, Any]:
+    """``conf/strategy/<name>.yaml`` with its defaults list applied, without Hydra (which would
+    import the training code): another strategy merged in (``- imtl_g``) or put under a key
+    (``- /strategy@loss_weighting: imtl_l``), then the file's own keys (``_self_``)."""
+    path = resources.files("mtlbench.conf").joinpath("strategy", f"{name}.yaml")
+    try:
+        node = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    merged: dict[str, Any] = {}
+    for entry in node.pop("defaults", None) or []:
+        if isinstance(entry, str) and entry != "_self_":
+            merged.update(_strategy_node(entry))
+        elif isinstance(entry, dict):
+            for target, option in entry.items():
+                merged[str(target).rpartition("@")[2]] = _strategy_node(str(option))
+    return {**merged, **node}
+
+
 def row_matches(row: Row, published: Published, by_data: bool = False) -> bool:
     """Whether configuration ``row`` runs the published method: same strategy, the published
-    strategy settings, every task the number is computed over and, with ``by_data``, the
-    published number's data config for every run."""
+    strategy settings and the strategy's shipped defaults for every other setting (a stacked
+    loss weighting, CR-MOGM or another variant is not the published method), every task the
+    number is computed over and, with ``by_data``, the published number's data config for
+    every run."""
+    wanted = {**strategy_defaults(published.strategy),
+              **{f"strategy.{k}": v for k, v in published.strategy_params.items()}}
+    own = {k: v for k, v in row.params.items() if k.startswith("strategy.")}
     return (bool(published.strategy) and row.strategy == published.strategy
-            and all(_param_matches(row.params.get(f"strategy.{k}"), v)
-                    for k, v in published.strategy_params.items())
+            and all(_param_matches(own.get(k), v) for k, v in wanted.items())
+            and set(own) <= set(wanted)
             and all(t in row.tasks for t in published.our_tasks)
             and (not by_data or all(m.data == published.data for m in row.members)))
 
@@ -1055,7 +1090,9 @@ def _configuration_cell(comparison: Comparison) -> str:
     tasks = (f" with task{'s' * (len(pub.our_tasks) > 1)} {', '.join(pub.our_tasks)}"
              if pub.our_tasks else "")
     data = f" on data={pub.data}" if comparison.by_data else ""
-    return f"— (no `{' '.join([pub.strategy, *wanted])}` run{tasks}{data})"
+    variant = " with its other settings at their defaults" if wanted else (
+        " with its default settings")
+    return f"— (no `{' '.join([pub.strategy, *wanted])}` run{variant}{tasks}{data})"
 
 
 def _task_cell(pub: Published) -> str:

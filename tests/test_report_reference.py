@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import REPO, compose_config
+from omegaconf import OmegaConf
 
 from mtlbench import references
 from mtlbench.report import ci95, main, t_quantile_975
@@ -32,8 +33,10 @@ def make_run(root: Path, name: str, strategy: str, seed: int, accuracies: dict[s
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(
         [f"strategy={strategy}", f"seed={seed}", *(overrides or [])]))
+    shipped = REPO / "conf" / "strategy" / f"{strategy}.yaml"  # (a run records all settings)
+    defaults = yaml.safe_load(shipped.read_text()) if shipped.exists() else {}
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
-        {"seed": seed, "strategy": {"_target_": f"x.{strategy}", **(params or {})}}))
+        {"seed": seed, "strategy": {**defaults, **(params or {})}}))
     (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(
         {"hydra": {"runtime": {"choices": {"data": data, "strategy": strategy}}}}))
     metrics = {"strategy": strategy, "seed": seed, "steps": 100,
@@ -289,7 +292,9 @@ def test_reference_section_is_labelled_and_filtered_by_data(
 
 def test_reference_matches_configurations_by_data(runs: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    """Runs on two data configs: each published number is compared with the runs on its own."""
+    """Runs on two data configs: each published number is compared with the runs on its own,
+    and only with the variant the table names (Phan's MGDA names none: mtlbench's default, on
+    the shared parameters; MGDA-UB on the representation is another method)."""
     make_run(runs, "fm/0", "mgda", 0, {"left": 0.88, "right": 0.97}, data="multifashion_mnist",
              params={"params": "shared"}, overrides=["data=multifashion_mnist"])
     rows = report_json(capsys, str(runs), "--no-files", "--reference",
@@ -297,8 +302,7 @@ def test_reference_matches_configurations_by_data(runs: Path,
     assert {r["data"] for r in rows} == {"multimnist", "multifashion_mnist"}
     mgda = {(r["data"], r["task"], r["configuration"]) for r in rows if r["method"] == "MGDA"}
     fm = "mgda data=multifashion_mnist params=shared"
-    assert mgda == {("multimnist", t, c) for t in ("T1", "T2")
-                    for c in ("mgda params=representation", "mgda params=shared")} | {
+    assert mgda == {("multimnist", t, "mgda params=shared") for t in ("T1", "T2")} | {
         ("multifashion_mnist", "T1", fm), ("multifashion_mnist", "T2", fm)}
     t1 = next(r for r in rows if r["configuration"] == fm and r["task"] == "T1")
     assert t1["our_task"] == "right" and t1["difference"] == pytest.approx(97.0 - 97.24)
@@ -336,3 +340,36 @@ def test_a_setting_only_some_runs_have_shows_in_the_label(
     make_run(tmp_path, "1", "mgda", 1, {"left": 0.8}, params={"params": "shared", "new": 0.0})
     assert set(by_label(report_json(capsys, str(tmp_path), "--no-files"))) == {
         "mgda", "mgda new=0"}
+
+
+@pytest.mark.parametrize("strategy", sorted(p.stem for p in (REPO / "conf" / "strategy")
+                                            .glob("*.yaml")))
+def test_the_reports_strategy_defaults_are_what_hydra_composes(strategy: str) -> None:
+    """The report reads each strategy's settings without Hydra (it imports no training code);
+    they must be exactly the composed config's (defaults lists, stacked loss weightings)."""
+    from mtlbench.report import _flatten, strategy_defaults
+
+    composed = OmegaConf.to_container(compose_config([f"strategy={strategy}"]).strategy)
+    assert strategy_defaults(strategy) == _flatten(composed, "strategy")
+
+
+def test_a_published_method_is_not_matched_to_another_variant(
+        runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """CR-MOGM, a stacked loss weighting, or PCGrad on the representation are not the published
+    MGDA-UB / PCGrad: no difference is printed beside them."""
+    make_run(runs, "v/0", "mgda", 0, {"left": 0.5, "right": 0.5},
+             params={"params": "representation", "cr_mogm": 0.5})
+    make_run(runs, "v/1", "mgda", 0, {"left": 0.5, "right": 0.5},
+             params={"params": "representation", "loss_weighting": {
+                 "_target_": "mtlbench.strategies.uw.UW", "init": 0.0, "lr": None}})
+    make_run(runs, "v/2", "pcgrad", 0, {"left": 0.5, "right": 0.5},
+             params={"params": "representation"})
+    make_run(runs, "v/3", "pcgrad", 0, {"left": 0.9, "right": 0.9})
+    for table in ("sener2018_table3", "kurin2022_multimnist"):
+        rows = report_json(capsys, str(runs), "--no-files", "--reference", table)["reference"]
+        matched = {r["configuration"] for r in rows["rows"] if r["method"].startswith(
+            ("MGDA", "PCGrad"))}
+        assert not any("cr_mogm=0.5" in c or "loss_weighting" in c for c in matched), matched
+        if table == "kurin2022_multimnist":
+            assert "pcgrad params=shared" in matched
+            assert "pcgrad params=representation" not in matched
