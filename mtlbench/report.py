@@ -892,14 +892,15 @@ class Comparison:
 
     ``ours``: mean, std, ci95, n of our number in the published number's units (None when it
     cannot be computed from our runs); ``difference``: our mean − the published value;
-    ``by_data``: whether configurations had to run the published number's data config.
+    ``by_data``: whether configurations had to run the published number's data config (None:
+    none was compared, the runs' data being another or unknown).
     """
 
     published: Published
     row: Row | None
     ours: dict[str, Any] | None
     difference: float | None
-    by_data: bool = False
+    by_data: bool | None = False
 
 
 def reference_names() -> list[str]:
@@ -1004,13 +1005,14 @@ def our_values(row: Row, published: Published) -> list[float] | None:
 
 
 def compare(published: Sequence[Published], rows: Sequence[Row],
-            by_data: bool = False) -> list[Comparison]:
+            by_data: bool | None = False) -> list[Comparison]:
     """Each published number beside every configuration that runs its method (table order; with
-    ``by_data``, on the same data config), or beside none; our numbers never feed back into the
-    rows (ranks, Δm%)."""
+    ``by_data``, on the same data config; with None, beside none: the data differ), or beside
+    none; our numbers never feed back into the rows (ranks, Δm%)."""
     found = []
     for pub in published:
-        matching = sorted((r for r in rows if row_matches(r, pub, by_data)), key=table_order)
+        matching = [] if by_data is None else sorted(
+            (r for r in rows if row_matches(r, pub, by_data)), key=table_order)
         for row in matching or [None]:
             values = None if row is None else our_values(row, pub)
             ours = None if values is None else {
@@ -1023,20 +1025,22 @@ def compare(published: Sequence[Published], rows: Sequence[Row],
 
 
 def select_published(published: Sequence[Published], runs: Sequence[Run]
-                     ) -> tuple[list[Published], str, bool]:
+                     ) -> tuple[list[Published], str, bool | None]:
     """The published numbers of the runs' data configs, a note saying which data the runs and
-    the table use when they differ, and whether to match configurations by data. When no run's
-    data config is known or in the table: every number, matched regardless of data."""
+    the table use when they differ, and how to match configurations: by data (True). When no
+    run's data config is known or in the table: every number, beside none of our runs (None),
+    since a number on other data is not comparable."""
     ours = sorted({r.data for r in runs if r.data})
     theirs = list(dict.fromkeys(p.data for p in published))
     shown = [p for p in published if p.data in ours]
     if not ours:
-        return list(published), ("Note: the runs' data config is unknown (not in `.hydra/`); "
-                                 "every protocol of the table is shown."), False
+        return list(published), ("Note: the runs' data config is unknown (not in `.hydra/`), "
+                                 "so none is put beside these numbers."), None
     note = ("" if set(ours) <= set(theirs) else
             f"Note: these runs use {', '.join(f'data={d}' for d in ours)}; the table's "
-            f"protocols are for {', '.join(f'data={d}' for d in theirs)}.")
-    return (shown, note, True) if shown else (list(published), note, False)
+            f"protocols are for {', '.join(f'data={d}' for d in theirs)}"
+            + ("." if shown else ", so none of them is put beside these numbers."))
+    return (shown, note, True) if shown else (list(published), note, None)
 
 
 #: Units whose published numbers have two decimals; ours are shown with as many.
@@ -1087,6 +1091,8 @@ def _configuration_cell(comparison: Comparison) -> str:
         return f"{row.label} ({' '.join(missing)})" if missing else row.label
     if not pub.strategy:
         return "— (not in mtlbench)"
+    if comparison.by_data is None:
+        return f"— (not compared: no run of ours on data={pub.data})"
     tasks = (f" with task{'s' * (len(pub.our_tasks) > 1)} {', '.join(pub.our_tasks)}"
              if pub.our_tasks else "")
     data = f" on data={pub.data}" if comparison.by_data else ""
