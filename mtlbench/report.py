@@ -1129,6 +1129,7 @@ def render_reference(name: str, comparisons: Sequence[Comparison], note: str) ->
                                                            sign=True)]
              for c in comparisons]
     parts += [markdown_table(header, cells)]
+    parts += protocol_section(name, comparisons)
     notes = reference_notes(shown)
     if notes:
         parts += ["", "Notes:", *(f"- {note}" for note in notes)]
@@ -1155,9 +1156,59 @@ def reference_notes(shown: Sequence[Published]) -> list[str]:
     return notes
 
 
+def protocol_differences(row: Row, settings: dict[str, list[Any]]) -> list[str]:
+    """``key=ours (paper: theirs)`` for each setting of a published protocol that configuration
+    ``row`` runs differently (from its recorded config); ``["its config is not recorded"]``
+    without one."""
+    config = row.members[0].config if row.members else None
+    if config is None:
+        return ["its config is not recorded"] if settings else []
+    found = []
+    for key, accepted in settings.items():
+        ours = config.get(key)
+        if not any(_param_matches(_fmt_value(ours), _fmt_value(value)) for value in accepted):
+            theirs = " or ".join(_fmt_value(value) for value in accepted)
+            found.append(f"{key}={_fmt_value(ours)} (paper: {theirs})")
+    return found
+
+
+def timed_on(row: Row) -> str:
+    """Where a configuration's runs were timed (metrics.json's ``device`` and ``num_threads``):
+    ``cpu, 1 thread``; "an unrecorded device" or "several devices" where they do not say one."""
+    found = {(json.loads(m.timing[0]), json.loads(m.timing[1])) if len(m.timing) > 1
+             else (None, None) for m in row.members}
+    if len(found) > 1:
+        return "several devices or thread counts"
+    device, threads = found.pop() if found else (None, None)
+    if device is None:
+        return "an unrecorded device"
+    return f"{device}" + (f", {threads} thread{'s' * (threads != 1)}" if threads else "")
+
+
+def protocol_section(name: str, comparisons: Sequence[Comparison]) -> list[str]:
+    """Markdown lines: per configuration put beside the table, the protocol settings it runs
+    differently (:func:`protocol_differences`)."""
+    settings = references.protocol(name)
+    rows = list({id(c.row): c.row for c in comparisons if c.row is not None}.values())
+    if not settings or not rows:
+        return []
+    timed = {id(c.row) for c in comparisons
+             if c.row is not None and c.published.metric.startswith("epoch_seconds")}
+    lines = []
+    for row in rows:
+        differences = protocol_differences(row, settings)
+        if id(row) in timed:
+            differences.append(f"timed on {timed_on(row)}")
+        lines.append(f"- `{row.label}`: " + ("; ".join(differences) if differences else
+                                             "the paper's settings"))
+    keys = ", ".join(f"`{k}`" for k in settings)
+    return ["", f"Protocol settings of ours against the paper's ({keys}):", *lines]
+
+
 def reference_records(name: str, comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:
     """The comparisons as flat records (reference CSV lines and report.json)."""
     records = []
+    settings = references.protocol(name)
     for c in comparisons:
         pub, ours = c.published, c.ours or {}
         interval = ours.get("ci95") or (None, None)
@@ -1169,7 +1220,9 @@ def reference_records(name: str, comparisons: Sequence[Comparison]) -> list[dict
             "configuration": c.row.label if c.row else None, "ours_mean": ours.get("mean"),
             "ours_std": ours.get("std"), "ours_ci95_lo": interval[0],
             "ours_ci95_hi": interval[1], "ours_n": ours.get("n") if c.row else None,
-            "difference": c.difference})
+            "difference": c.difference,
+            "protocol_differences": ("; ".join(protocol_differences(c.row, settings))
+                                     if c.row else None)})
     return records
 
 

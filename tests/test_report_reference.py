@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from mtlbench import references
 from mtlbench.report import ci95, main, t_quantile_975
+from mtlbench.rundir import result_config
 
 #: t_{0.975, ν} as printed in statistics tables (3 decimals).
 KNOWN_T = {1: 12.706, 2: 4.303, 4: 2.776, 9: 2.262, 29: 2.045, math.inf: 1.960}
@@ -385,3 +386,56 @@ def test_a_published_method_is_not_matched_to_another_variant(
         if table == "kurin2022_multimnist":
             assert "pcgrad params=shared" in matched
             assert "pcgrad params=representation" not in matched
+
+
+#: The preset that runs each table's protocol (conf/experiment/), where there is one.
+PRESET_OF = {"sener2018_table3": "sk_multimnist", "kurin2022_multimnist": "kurin_multimnist",
+             "shi2023_recon_table1": "recon_fashion_mnist"}
+
+
+@pytest.mark.parametrize("name", references.names())
+def test_every_tables_protocol_names_real_settings_and_its_preset_runs_them(name: str) -> None:
+    from mtlbench.report import Row, Run, protocol_differences
+
+    settings = references.protocol(name)
+    assert settings, name
+    preset = PRESET_OF.get(name, "moo_multifashion")  # (Phan's: no preset; its data settings)
+    config = result_config(OmegaConf.to_container(compose_config([f"experiment={preset}"]),
+                                                  resolve=True))
+    assert set(settings) <= set(config), set(settings) - set(config)
+    run = Run(path=Path("x"), status="finished", config=config)
+    differences = protocol_differences(Row("x", "equal", {}, [0], {}, members=[run]), settings)
+    if name in PRESET_OF:
+        assert differences == [], differences
+    else:  # moo_multifashion trains LeNet where Phan et al. train ResNet-18
+        assert differences == ["model._target_=mtlbench.models.lenet.LeNetBackbone (paper: "
+                               "mtlbench.models.resnet.ResNet18Backbone)"]
+
+
+def test_the_settings_a_compared_configuration_runs_differently_are_named(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A difference of means beside a run of another protocol says how it differs."""
+    base = result_config(OmegaConf.to_container(compose_config(["experiment=sk_multimnist"]),
+                                                resolve=True))
+    for name, changes in (("paper", {}), ("short", {"trainer.epochs": 30,
+                                                     "data.source": "mnist5k"})):
+        config = {**base, "seed": 0, **changes}
+        make_run(tmp_path, name, "equal", 0, {"left": 0.9, "right": 0.9},
+                 overrides=[f"trainer.epochs={config['trainer.epochs']}"],
+                 extra={"config": config})
+    assert main([str(tmp_path), "--no-files", "--reference", "sener2018_table3"]) == 0
+    out = capsys.readouterr().out
+    assert "- `equal trainer.epochs=100`: the paper's settings" in out
+    assert ("- `equal trainer.epochs=30`: data.source=mnist5k (paper: torchvision or idx); "
+            "trainer.epochs=30 (paper: 100)") in out
+
+
+def test_epoch_times_beside_a_papers_gpu_say_where_ours_were_timed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = result_config(OmegaConf.to_container(compose_config(["experiment=kurin_multimnist"]),
+                                                  resolve=True))
+    make_run(tmp_path, "0", "equal", 0, {"left": 0.9, "right": 0.9},
+             extra={"config": {**config, "seed": 0}, "device": "cpu", "num_threads": 1,
+                    "train_seconds": 10.0, "steps_per_epoch": 10})
+    assert main([str(tmp_path), "--no-files", "--reference", "kurin2022_multimnist"]) == 0
+    assert "- `equal`: timed on cpu, 1 thread" in capsys.readouterr().out

@@ -62,6 +62,16 @@ class Published:
     note: str
 
 
+def protocol(name: str) -> dict[str, list[object]]:
+    """The settings of table ``name``'s published protocol (``protocols.yaml``): config key →
+    the values that run it ({} when the file names none)."""
+    import yaml
+
+    text = resources.files(__name__).joinpath("protocols.yaml").read_text(encoding="utf-8")
+    settings = (yaml.safe_load(text) or {}).get(name) or {}
+    return {key: value if isinstance(value, list) else [value] for key, value in settings.items()}
+
+
 def names() -> list[str]:
     """The shipped reference tables, sorted (CSV file names without ``.csv``)."""
     return sorted(entry.name.removesuffix(".csv") for entry in resources.files(__name__).iterdir()
