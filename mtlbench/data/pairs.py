@@ -110,6 +110,11 @@ PAIR_TASKS: dict[str, str] = {"left": "classification", "right": "classification
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: Bump when the construction changes, so old cache files are not reused.
 CACHE_FORMAT = 1
+#: Version of the capped splits' pairs (``data.n_train`` / ``n_val`` / ``n_test``), in the cache
+#: key of capped datasets only: 2 since a cap on one split changes no other split (it re-paired
+#: the later splits). Not in the generator's seed, so uncapped data (and their cache) are as
+#: before.
+CAPPED_PLANS = 2
 
 
 @dataclass
@@ -365,7 +370,11 @@ def plan_pairs(
         pool_l, pool_r = left_pools[split], right_pools[split]
         n_pairs = _pair_count(split, caps.get(split), len(pool_l), len(pool_r), per_item=1,
                               val_fraction=val_fraction, val_last=val_last)
-        partners = draw_partners(n_pairs, len(pool_r), same_pool=same_pool, rng=rng)
+        # the uncapped split's draws, then its first n_pairs: a cap on one split changes no
+        # other split (the generator's state after it is the uncapped run's)
+        every = _pair_count(split, None, len(pool_l), len(pool_r), per_item=1,
+                            val_fraction=val_fraction, val_last=val_last)
+        partners = draw_partners(every, len(pool_r), same_pool=same_pool, rng=rng)[:n_pairs]
         plan[split] = PairIndex(pool_l[:n_pairs], pool_r[partners])
     return plan
 
@@ -404,17 +413,22 @@ def plan_lin2019_pairs(
         n_pairs = _pair_count(split, caps.get(split), len(pool_l), len(pool_r),
                               per_item=LIN2019_PAIRS_PER_ITEM, val_fraction=val_fraction,
                               val_last=val_last)
-        positions = np.tile(np.arange(len(pool_l)), LIN2019_PAIRS_PER_ITEM)[:n_pairs]
+        # the uncapped split's draws, then its first n_pairs (as in plan_pairs)
+        every = _pair_count(split, None, len(pool_l), len(pool_r),
+                            per_item=LIN2019_PAIRS_PER_ITEM, val_fraction=val_fraction,
+                            val_last=val_last)
+        positions = np.tile(np.arange(len(pool_l)), LIN2019_PAIRS_PER_ITEM)[:every]
         left = pool_l[positions]
         if same_pool:
             partners = draw_partners_of_other_class(left_labels[side][left],
                                                     right_side[side][pool_r], rng=rng)
         else:
-            partners = rng.integers(0, len(pool_r), size=n_pairs)
-        left_offset = rng.integers(0, LIN2019_MAX_SHIFT + 1, size=(n_pairs, 2))
+            partners = rng.integers(0, len(pool_r), size=every)
+        left_offset = rng.integers(0, LIN2019_MAX_SHIFT + 1, size=(every, 2))
         right_offset = LIN2019_FAR_CORNER - rng.integers(0, LIN2019_MAX_SHIFT + 1,
-                                                         size=(n_pairs, 2))
-        plan[split] = PairIndex(left, pool_r[partners], left_offset, right_offset)
+                                                         size=(every, 2))
+        plan[split] = PairIndex(left[:n_pairs], pool_r[partners[:n_pairs]],
+                                left_offset[:n_pairs], right_offset[:n_pairs])
     return plan
 
 
@@ -523,6 +537,8 @@ def load_or_build_pairs(
     if val_last is not None:
         key_parts["val_fraction"] = None  # unused: the last val_last items validate
         key_parts["val_last"] = int(val_last)
+    if any(caps.get(s) is not None for s in SPLITS):  # capped plans changed in CAPPED_PLANS 2
+        key_parts["capped_plans"] = CAPPED_PLANS
     key = hashlib.blake2b(json.dumps(key_parts, sort_keys=True).encode(),
                           digest_size=10).hexdigest()
     path = cache_base / "pairs" / f"{left_items}-{right_items}-{key}.pt" if cache else None
