@@ -204,6 +204,8 @@ class StepResult:
     kernel_layers: list[str] | None = None
     running_sum: bool = False
     tasks_per_block: int | None = None  # the running sum's (None without it)
+    #: the same batch's losses after the applied step (a strategy's ``losses_after_step``)
+    losses_after: Tensor | None = None
 
 
 def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[str, Tensor],
@@ -288,10 +290,14 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
         if not finite and all_finite([losses]):  # the gradients overflowed S (and the
             return StepResult(  # weights derived from them with it)
                 losses, weights, stats, finite=True, applied=False, kernel_layers=kernel)
+    after = None
     if finite:
         optimizer.step()
+        if any(part.losses_after_step for part in parts(strategy)):
+            with torch.no_grad(), precision.autocast():  # the same batch, updated parameters
+                after = task_losses(tasks, model(x)[1], y)
     return StepResult(losses, weights, stats, finite, kernel_layers=kernel,
-                      running_sum=running, tasks_per_block=block)
+                      running_sum=running, tasks_per_block=block, losses_after=after)
 
 
 def all_finite(tensors: list[Tensor]) -> bool:
@@ -651,6 +657,8 @@ class Loop:
                 for part in parts(self.strategy):
                     if result.finite and result.applied:
                         part.after_step(result.losses)
+                        if result.losses_after is not None and part.losses_after_step:
+                            part.after_step_losses(result.losses, result.losses_after)
                     if (step + 1) % per_epoch == 0:
                         part.end_of_epoch(step // per_epoch)
                 if not result.finite:

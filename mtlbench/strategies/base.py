@@ -100,6 +100,9 @@ class Strategy:
 
     #: Learning rate of :meth:`parameters` (None: the network optimizer's).
     lr: float | None = None
+    #: Whether the loop evaluates the step's batch again after each applied step (no gradient)
+    #: and reports both losses to :meth:`after_step_losses` (FAMO's loss decrease).
+    losses_after_step: bool = False
 
     def setup(self, ctx: SetupContext) -> None:
         """Read statistics once before training (default: nothing)."""
@@ -107,6 +110,11 @@ class Strategy:
     def after_step(self, losses: Tensor) -> None:
         """Called by the loop after every applied optimizer step with that step's task losses
         [n] (detached); skipped steps are not reported. Default: nothing."""
+
+    def after_step_losses(self, before: Tensor, after: Tensor) -> None:
+        """With :attr:`losses_after_step`: called after every applied step with the step's task
+        losses [n] and those of the same batch under the updated parameters [n] (detached; after
+        :meth:`after_step`). Default: nothing."""
 
     def end_of_epoch(self, epoch: int) -> None:
         """Called by the loop when training epoch ``epoch`` (0-based; an epoch is
