@@ -25,7 +25,8 @@ Paper: https://arxiv.org/abs/2402.15638.
 Parameters:
     params: ``shared``, ``last_shared`` or ``representation`` (see ``gramian_weighting``).
     normalize: weigh the unit gradients; the update is Σ_i w'_i g_i / ||g_i||.
-    alpha: α ≥ 0 (1.0: the authors' and LibMTL's default).
+    alpha: α ≥ 0 (1.0: the default of the authors' code and of LibMTL; the authors' experiments
+        ran 2.0).
 Returns weights [n] > 0.
 """
 

@@ -15,9 +15,9 @@ a function of G (p_i · g_j = (c_i G)_j, ||p_i||² = c_i G c_iᵀ) and w = Σ_i 
 skipped (no correction, φ̂ kept); a target φ̂ = ±1 (√(1−φ̂²) = 0) corrects nothing. torchjd's
 ``GradVacWeighting`` does the same from the Gramian but adds eps = 1e-8 to every denominator (a
 zero g_j then gets a weight ~ ||p_i|| / eps) and keeps φ̂ in a private buffer; this loop is exact
-and its φ̂ [n, n] is in ``state_dict``. LibMTL's ``GradVac`` updates φ̂_ij only when it corrects
-(its EMA line is inside the ``if``), so φ̂ never rises above 0; here (and in torchjd) every visited
-pair updates it.
+and its φ̂ [n, n] is in ``state_dict``. Every visited pair updates φ̂_ij, here, in torchjd and in
+LibMTL since its 2024 fix ("fix a bug in GradVac": its EMA line was inside the ``if``, so φ̂
+only moved when correcting and never rose above 0).
 Paper: https://arxiv.org/abs/2010.05874.
 
 Randomness: one ``torch.randperm(n − 1)`` per task per step from torch's global generator (the
