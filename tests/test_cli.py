@@ -288,6 +288,7 @@ def test_a_bug_in_a_single_run_shows_its_traceback_and_is_not_called_a_sweep(
     assert json.loads((tmp_path / "run" / "error.json").read_text())["type"] == "RuntimeError"
 
 
+@pytest.mark.slow  # 4 s of CLI runs
 def test_a_failed_attempts_error_and_config_describe_the_same_attempt(tmp_path: Path) -> None:
     """A second rejected attempt in a dir without a result replaces the first one's .hydra/
     along with its error.json, so report never pairs one attempt's error with another's config."""
@@ -301,6 +302,7 @@ def test_a_failed_attempts_error_and_config_describe_the_same_attempt(tmp_path: 
     assert "batch_size" not in (run_dir / ".hydra" / "overrides.yaml").read_text()
 
 
+@pytest.mark.slow  # 4 s of CLI runs
 def test_select_reference_is_set_per_task_on_the_command_line(tmp_path: Path) -> None:
     """``+trainer.select_reference.<task>=v`` (documented) works; it once ended in a traceback
     whatever the form. Unset, it is recorded as null, as before (old fingerprints still match)."""

@@ -202,17 +202,20 @@ def test_rerunning_a_finished_run_reports_it_done_and_touches_nothing(tmp_path: 
     assert snapshot(run_dir) == before
 
 
-def test_sweep_rerun_into_the_same_dir_keeps_finished_jobs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("more", [
+    [],  # the same command; keys that do not change the result are not in job dir names:
+    pytest.param(["trainer.checkpoint_every=2", "optimizer.foreach=false"],
+                 marks=pytest.mark.slow)])
+def test_sweep_rerun_into_the_same_dir_keeps_finished_jobs(more: list[str],
+                                                           tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     args = ["train", "-m", "strategy=equal,realtime", *SHORT, f"hydra.sweep.dir={sweep}"]
     assert run_cli(args, cwd=tmp_path).returncode == 0
     before = {p.name: snapshot(p) for p in job_dirs_of(sweep)}
-    for more in ([], ["trainer.checkpoint_every=2", "optimizer.foreach=false"]):
-        # (keys that do not change the result are not in the job dirs' names either)
-        again = run_cli([*args, *more], cwd=tmp_path)
-        assert again.returncode == 0, again.stderr
-        assert "2 finished, 0 failed, 0 unfinished" in again.stdout + again.stderr
-        assert {p.name: snapshot(p) for p in job_dirs_of(sweep)} == before
+    again = run_cli([*args, *more], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "2 finished, 0 failed, 0 unfinished" in again.stdout + again.stderr
+    assert {p.name: snapshot(p) for p in job_dirs_of(sweep)} == before
 
 
 def test_fresh_replaces_a_finished_run(tmp_path: Path) -> None:
@@ -225,8 +228,9 @@ def test_fresh_replaces_a_finished_run(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- 4. rejected runs
-@pytest.mark.parametrize("bad", [["optimizer.lr=0"], ["strategy=geometric"],
-                                 ["data.only=nope"]])
+@pytest.mark.parametrize("bad", [["optimizer.lr=0"],  # (the others: 6 s each, in the slow suite)
+                                 pytest.param(["strategy=geometric"], marks=pytest.mark.slow),
+                                 pytest.param(["data.only=nope"], marks=pytest.mark.slow)])
 def test_a_rejected_rerun_leaves_a_finished_run_as_it_was(bad: list[str], tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     assert run_cli(["train", *SHORT, f"hydra.run.dir={run_dir}"], cwd=tmp_path).returncode == 0
@@ -260,6 +264,7 @@ def test_restart_without_checkpoint_does_not_duplicate_tensorboard_history(
 
 
 # --------------------------------------------------------------------------- Ctrl-C
+@pytest.mark.slow  # 14 s; the in-process Ctrl-C tests below are in the default suite
 def test_ctrl_c_checkpoints_says_how_to_resume_and_the_resume_is_exact(tmp_path: Path) -> None:
     # long enough that the Ctrl-C 0.3 s after the first event lands inside the loop (400 steps of
     # this tiny model once finished in less, and the interrupt then came during the final test)

@@ -93,6 +93,7 @@ def test_unexpected_exception_is_recorded_and_the_batch_completes(tmp_path: Path
     assert (finished / "metrics.json").is_file()
 
 
+@pytest.mark.slow  # 6 s (two joblib worker processes)
 def test_joblib_launcher_runs_two_jobs(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     proc = run_cli(["train", "-m", "seed=0,1", *FAST, "hydra/launcher=joblib",
@@ -186,6 +187,7 @@ def test_optuna_study_whose_trials_all_fail_is_one_line(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- the sweep's ledger
+@pytest.mark.slow  # 8 s (two CLI sweeps); the ledger's summary in-process below
 def test_a_job_refused_by_another_configs_result_counts_as_failed(tmp_path: Path) -> None:
     """The dir holds a finished run of another configuration (as two presets sharing a sweep dir
     make): the job is refused and writes nothing there; the sweep says so and exits 1 (it once
@@ -204,6 +206,7 @@ def test_a_job_refused_by_another_configs_result_counts_as_failed(tmp_path: Path
     assert "ConfigMismatch" in output and "optimizer.lr" in output
 
 
+@pytest.mark.slow  # 8 s (two CLI sweeps); the ledger's summary in-process below
 def test_the_summary_counts_this_sweeps_jobs_not_the_dirs_earlier_ones(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     first = run_cli(["train", "-m", "strategy=single_task,equal", *FAST,
