@@ -67,6 +67,7 @@ def test_second_process_on_a_live_dir_stops_with_one_line(tmp_path: Path) -> Non
         first.wait()
 
 
+@pytest.mark.slow  # 7 s (a real run SIGKILLed, then re-run)
 def test_sigkill_leaves_no_stuck_lock_and_the_rerun_resumes(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     args = ["train", *LONG, "trainer.max_steps=300", f"hydra.run.dir={run_dir}"]
@@ -87,6 +88,7 @@ def test_lock_is_exclusive_within_one_process_too(tmp_path: Path) -> None:
     rundir.RunDir(tmp_path).acquire()  # released on exit
 
 
+@pytest.mark.slow  # 6 s (runs started together)
 def test_default_dirs_of_runs_started_together_never_collide(tmp_path: Path) -> None:
     procs = [start_cli(["train", *FAST, f"strategy={s}"], tmp_path)
              for s in ("equal", "geometric", "realtime")]
