@@ -10,13 +10,13 @@ every checkpoint (``mtlbench.checkpoint``), so a resumed run continues the same 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mtlbench.checks import check_positive
 from mtlbench.errors import ConfigError
 from mtlbench.instantiate import instantiate_group
 
@@ -70,11 +70,8 @@ def build_scheduler(cfg: DictConfig | dict[str, Any], optimizer: torch.optim.Opt
                 f"`scheduler.milestones` must be increasing integers inside the run (1 … "
                 f"{length - 1} {interval}s). Found `scheduler.milestones = {milestones}`."
             )
-    eta_min = node.get("eta_min")
-    if eta_min is not None and (not isinstance(eta_min, (int, float)) or isinstance(eta_min, bool)
-                                or not math.isfinite(eta_min) or eta_min < 0):
-        raise ConfigError(f"`scheduler.eta_min` (the lowest learning rate) must be a finite "
-                          f"number >= 0. Found `scheduler.eta_min = {eta_min}`.")
+    if node.get("eta_min") is not None:  # the lowest learning rate
+        check_positive("scheduler.eta_min", node["eta_min"], allow_zero=True)
     gamma = node.get("gamma")
     if gamma is not None and not (isinstance(gamma, (int, float)) and 0 < gamma <= 1):
         raise ConfigError(

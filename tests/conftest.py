@@ -72,3 +72,8 @@ def killed_at(args: Sequence[str], name: str, run_dir: Path, at_step: int) -> No
             train.run(compose_config(args), run_dir, name)
     assert checkpoint.list_checkpoints(run_dir)[-1][0] == at_step
     assert not (run_dir / "metrics.json").exists()
+
+
+def job_dirs(sweep: Path) -> list[Path]:
+    """A sweep dir's job dirs, sorted (not its hidden ledger, :mod:`mtlbench.ledger`)."""
+    return sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FAST, compose_config, run_cli
+from conftest import FAST, compose_config, job_dirs, run_cli
 
 from mtlbench import checkpoint, rundir
 from mtlbench.train import run
@@ -213,11 +213,11 @@ def test_sweep_rerun_into_the_same_dir_keeps_finished_jobs(more: list[str],
     sweep = tmp_path / "sweep"
     args = ["train", "-m", "strategy=equal,realtime", *SHORT, f"hydra.sweep.dir={sweep}"]
     assert run_cli(args, cwd=tmp_path).returncode == 0
-    before = {p.name: snapshot(p) for p in job_dirs_of(sweep)}
+    before = {p.name: snapshot(p) for p in job_dirs(sweep)}
     again = run_cli([*args, *more], cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "2 finished, 0 failed, 0 unfinished" in again.stdout + again.stderr
-    assert {p.name: snapshot(p) for p in job_dirs_of(sweep)} == before
+    assert {p.name: snapshot(p) for p in job_dirs(sweep)} == before
 
 
 def test_fresh_replaces_a_finished_run(tmp_path: Path) -> None:
@@ -354,7 +354,7 @@ def test_a_ctrl_c_in_a_sweep_stops_it_and_says_how_to_resume_the_sweep(
     assert stopped.value.code == 130
     assert f"To resume, run the same sweep command with hydra.sweep.dir={sweep}" in err
     assert "hydra.run.dir" not in err
-    assert [p.name.split("_")[0] for p in job_dirs_of(sweep)] == ["0"]  # no job 1
+    assert [p.name.split("_")[0] for p in job_dirs(sweep)] == ["0"]  # no job 1
 
 
 def test_the_resume_advice_quotes_a_path_hydra_would_misread(tmp_path: Path) -> None:
@@ -367,7 +367,3 @@ def test_the_resume_advice_quotes_a_path_hydra_would_misread(tmp_path: Path) -> 
     [arg] = shlex.split(override_text("hydra.run.dir", path))  # as a shell passes it on
     assert OverridesParser.create().parse_overrides([arg])[0].value() == str(path)
 
-
-def job_dirs_of(sweep: Path) -> list[Path]:
-    """A sweep dir's job dirs (not its hidden ledger, :mod:`mtlbench.ledger`)."""
-    return [p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")]

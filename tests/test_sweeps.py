@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FAST, REPO, run_cli
+from conftest import FAST, REPO, job_dirs, run_cli
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf
 
@@ -31,10 +31,6 @@ def compose_hydra(overrides: list[str]) -> DictConfig:
     register_configs()
     with initialize_config_module(config_module="mtlbench.conf", version_base="1.3"):
         return compose(config_name="config", overrides=overrides, return_hydra_config=True)
-
-
-def job_dirs(sweep: Path) -> list[Path]:
-    return sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
 
 
 def test_basic_launcher_one_named_dir_per_job(tmp_path: Path) -> None:

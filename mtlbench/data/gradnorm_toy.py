@@ -14,6 +14,7 @@ from typing import Any, List
 
 import torch
 
+from mtlbench.checks import check_positive
 from mtlbench.data.base import DataConfig, MultiTaskData, task_spec
 from mtlbench.errors import ConfigError
 
@@ -52,11 +53,8 @@ def build(
     """
     if len(sigmas) < 1:
         raise ConfigError("`data.sigmas` must list at least one σ (one task per σ).")
-    for sigma in sigmas:
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (
-                math.isfinite(sigma) and sigma > 0):
-            raise ConfigError(f"`data.sigmas` must be finite numbers > 0 (task i's scale). "
-                              f"Found `data.sigmas = {list(sigmas)}`.")
+    for i, sigma in enumerate(sigmas):  # (task i's scale)
+        check_positive(f"data.sigmas[{i}]", sigma)
     names = task_names(len(sigmas))
     unknown = sorted(set(tasks or {}) - set(names))
     if unknown:

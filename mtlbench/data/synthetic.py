@@ -16,6 +16,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import Tensor
 
+from mtlbench.checks import check_positive, check_real
 from mtlbench.data.base import DataConfig, MultiTaskData, TaskConfig, task_spec
 from mtlbench.errors import ConfigError
 
@@ -48,14 +49,6 @@ class SyntheticDataConfig(DataConfig):
     teacher_dim: int = 16
     noise: float = 0.1
     tasks: Dict[str, SyntheticTaskConfig] = field(default_factory=dict)  # noqa: UP006
-
-
-def check_finite(key: str, value: Any, minimum: float | None = None) -> None:
-    """A :class:`ConfigError` unless ``value`` is a finite number (>= ``minimum`` if given)."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not number or not math.isfinite(value) or (minimum is not None and value < minimum):
-        what = "a finite number" + (f" >= {minimum:g}" if minimum is not None else "")
-        raise ConfigError(f"`{key}` must be {what}. Found `{key} = {value}`.")
 
 
 def _targets(kind: str, cfg: Any, h: Tensor, gen: torch.Generator, noise: float) -> Tensor:
@@ -102,10 +95,11 @@ def build(
             raise ConfigError(
                 f"`data.{key}` must be an integer >= 1. Found `data.{key} = {value}`."
             )
-    check_finite("data.noise", noise, minimum=0.0)
+    check_positive("data.noise", noise, allow_zero=True)
     for name, cfg in (tasks or {}).items():
-        check_finite(f"data.tasks.{name}.class_skew", cfg.get("class_skew", 0.0), minimum=0.0)
-        check_finite(f"data.tasks.{name}.target_scale", cfg.get("target_scale", 1.0))
+        check_positive(f"data.tasks.{name}.class_skew", cfg.get("class_skew", 0.0),
+                       allow_zero=True)
+        check_real(f"data.tasks.{name}.target_scale", cfg.get("target_scale", 1.0))
     if not tasks:
         raise ConfigError("`data.tasks` must define at least one task.")
     gen = torch.Generator().manual_seed(int(seed))
