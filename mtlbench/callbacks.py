@@ -68,7 +68,7 @@ class JobStatusReport(Callback):
 
     finished = 0
     failed = 0
-    #: whether the jobs run as a multirun (``-m``; set at its start, and by ``cli._train``)
+    #: whether this process runs a multirun (``-m``; set at its start)
     multirun = False
     #: the multirun's sweep dir (set at its start)
     sweep_dir: Path | None = None

@@ -50,7 +50,6 @@ def _train(cfg: Any) -> float:
     run_dir = Path(hc.runtime.output_dir)
     strategy = hc.runtime.choices.get("strategy") or "custom"
     single = hc.mode == RunMode.RUN
-    JobStatusReport.multirun = not single
     config_files = job_config_files(cfg, hc)
 
     def note(state: str, error: str | None = None) -> None:
