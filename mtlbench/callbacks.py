@@ -97,6 +97,7 @@ class JobStatusReport(Callback):
 
         ledger.start()
         JobStatusReport.multirun, JobStatusReport.sweep_dir = True, Path(config.hydra.sweep.dir)
+        ledger.keep_config(JobStatusReport.sweep_dir, config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         summarize(Path(config.hydra.sweep.dir))

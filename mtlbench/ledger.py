@@ -7,6 +7,8 @@ refused because its dir holds another configuration's result writes nothing into
 and Slurm jobs inherit) when the multirun starts; each job writes
 ``<sweep dir>/.mtlbench/<id>/<job num>.json`` when it starts and again when it ends
 (:func:`record`; report skips hidden folders). A job killed by the OS stays ``started``.
+The sweep's own config (what Hydra writes to ``<sweep dir>/multirun.yaml``, which the next sweep
+into the same dir overwrites) is kept beside them as ``multirun.yaml`` (:func:`keep_config`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,20 @@ def start() -> str:
     sweep = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
     os.environ[ENV] = sweep
     return sweep
+
+
+def keep_config(sweep_dir: str | Path, config: Any) -> Path | None:
+    """Save ``config`` (the multirun's composed config, ``hydra`` node included) as
+    ``<sweep dir>/.mtlbench/<id>/multirun.yaml`` of the current sweep; None outside one."""
+    sweep = os.environ.get(ENV)
+    if not sweep:
+        return None
+    from omegaconf import OmegaConf
+
+    path = Path(sweep_dir) / FOLDER / sweep / "multirun.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(config, path)
+    return path
 
 
 def record(sweep_dir: str | Path, job: int, run_dir: Path, state: str,

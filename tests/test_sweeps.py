@@ -213,6 +213,29 @@ def test_the_summary_counts_this_sweeps_jobs_not_the_dirs_earlier_ones(tmp_path:
     output = second.stdout + second.stderr
     assert second.returncode == 0, output
     assert "1 finished, 0 failed, 0 unfinished" in output
+    kept = sorted((sweep / ".mtlbench").glob("*/multirun.yaml"))  # Hydra's own is the second's
+    assert [OmegaConf.load(p).hydra.overrides.task[0] for p in kept] == [
+        "strategy=single_task,equal", "strategy=realtime"]
+
+
+def test_each_sweep_keeps_its_own_config(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hydra's ``multirun.yaml`` is overwritten by the next sweep into the same dir; each sweep's
+    is also kept in its ledger folder, which no later sweep writes."""
+    from mtlbench import ledger
+    from mtlbench.callbacks import JobStatusReport
+
+    monkeypatch.setenv(ledger.ENV, "restored after the test")  # (ledger.start() sets it)
+    kept = []
+    for values in ("strategy.gamma=1", "strategy.gamma=3"):
+        cfg = compose_hydra(["strategy=generalized_mean", values, f"hydra.sweep.dir={tmp_path}"])
+        JobStatusReport().on_multirun_start(cfg)
+        kept.append(tmp_path / ledger.FOLDER / ledger.os.environ[ledger.ENV] / "multirun.yaml")
+    JobStatusReport.reset()
+    assert kept[0] != kept[1]
+    assert [list(OmegaConf.load(p).hydra.overrides.task) for p in kept] == [
+        ["strategy=generalized_mean", "strategy.gamma=1"],
+        ["strategy=generalized_mean", "strategy.gamma=3"]]
 
 
 def test_a_sweep_that_stops_early_says_what_each_job_reached(
