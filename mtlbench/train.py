@@ -6,6 +6,7 @@ This is the only module that calls ``backward()`` and ``optimizer.step()``.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
@@ -300,6 +301,21 @@ def train_step(model: MultiTaskModel, tasks: list[TaskSpec], x: Tensor, y: dict[
                       running_sum=running, tasks_per_block=block, losses_after=after)
 
 
+def strategy_state(strategy: Strategy) -> list[dict[str, Any]]:
+    """A copy of each part's ``state_dict`` (the strategy and a stacked loss weighting), taken
+    before a step that may be skipped: strategies may update their state while they weigh the
+    step (GradNorm's weights, DB-MTL's moving average, CR-MOGM's last weights), before the loop
+    knows whether the step is finite."""
+    return [copy.deepcopy(part.state_dict()) for part in parts(strategy)]
+
+
+def restore_strategy(strategy: Strategy, saved: list[dict[str, Any]]) -> None:
+    """Put back what :func:`strategy_state` copied: a skipped step changes no strategy state (a
+    NaN it saw would otherwise stay in a moving average or a learned weight for good)."""
+    for part, state in zip(parts(strategy), saved, strict=True):
+        part.load_state_dict(state)
+
+
 def all_finite(tensors: list[Tensor]) -> bool:
     """Whether every entry of every tensor is finite: one fused pass, one host sync.
 
@@ -558,6 +574,13 @@ class Loop:
     #: Ctrl-C during the last step: the run finishes, then stops (a sweep goes no further)
     stop_requested: bool = False
 
+    def may_skip(self) -> bool:
+        """Whether a step may be skipped and training go on (``on_nonfinite=skip_step``, or a
+        loss scale's overflow under ``16-mixed``): then the strategy's state is copied before
+        each step and put back after one that was not applied."""
+        return (self.cfg.trainer.on_nonfinite == "skip_step"
+                or self.precision.scaler is not None)
+
     def save(self, step: int, skipped: int) -> Path:
         tcfg = self.cfg.trainer
         counters = {"skipped_steps": skipped, "train_seconds": self.seconds(),
@@ -641,8 +664,11 @@ class Loop:
                 x, y = data.train.batch(idx)
                 logs_gradients = step % tcfg.grad_log_every == 0
                 lr = self.optimizer.param_groups[0]["lr"]  # this step's (before the schedule)
+                before = strategy_state(self.strategy) if self.may_skip() else None
                 result = train_step(self.model, tasks, x, y, self.strategy, self.optimizer,
                                     self.precision, self.engine, logs_gradients)
+                if before is not None and not (result.finite and result.applied):
+                    restore_strategy(self.strategy, before)  # a step not taken leaves no trace
                 if self.kernel_layers is None and result.kernel_layers is not None:
                     self.kernel_layers, self.running_sum = result.kernel_layers, result.running_sum
                     self.tasks_per_block = result.tasks_per_block

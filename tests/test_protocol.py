@@ -128,6 +128,39 @@ def test_float16_gradient_norms_are_logged_without_the_loss_scale(tmp_path: Path
     assert fp16 == pytest.approx(fp32, rel=2e-2)
 
 
+@pytest.mark.parametrize("strategy", ["gradnorm", "db_mtl", "gradvac"])
+def test_one_bad_batch_is_skipped_and_training_goes_on(tmp_path: Path, strategy: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``on_nonfinite=skip_step`` with one NaN target in the training data: exactly the steps
+    whose batch holds that row are skipped, and the strategy's state is as it was before each of
+    them. (GradNorm's weights and DB-MTL's moving average kept the NaN, so every later step was
+    skipped too, and the run ended as diverged.)"""
+    from mtlbench.data import build_data
+
+    def with_one_nan(cfg: object, seed: int) -> object:
+        data = build_data(cfg, seed)
+        data.train.targets["reg_x1"][5] = float("nan")
+        return data
+    monkeypatch.setattr(train, "build_data", with_one_nan)
+    args = [*TINY, "trainer.max_steps=24", "trainer.on_nonfinite=skip_step",
+            "trainer.max_skip_fraction=0.5", f"strategy={strategy}"]
+    loops: list[train.Loop] = []
+    original = train.Loop.train
+
+    def keep(self: train.Loop, *a: object, **k: object) -> dict:
+        loops.append(self)
+        return original(self, *a, **k)
+    monkeypatch.setattr(train.Loop, "train", keep)
+    train.run(compose_config(args), tmp_path / "run", strategy)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    holding = sum(bool((train.batch_indices(step, 256, 32, 0) == 5).any()) for step in range(24))
+    assert metrics["skipped_steps"] == holding == 3  # once an epoch
+    state = loops[0].strategy.state_dict()
+    tensors = [t for t in (state.get("w"), *state.get("buffer", []), state.get("gradvac_targets"))
+               if isinstance(t, torch.Tensor)]
+    assert tensors and all(bool(torch.isfinite(t).all()) for t in tensors), state
+
+
 def test_resume_keeps_the_best_so_far_and_the_schedule(tmp_path: Path) -> None:
     args = [*EPOCHS, "trainer.epochs=4", "trainer.eval_every=4", "trainer.checkpoint_every=4",
             "scheduler=exponential", "trainer.select=best_val", "optimizer.lr=0.01"]

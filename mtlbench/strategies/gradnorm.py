@@ -136,7 +136,8 @@ class GradNorm(GradientWeighting):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.initial_losses = state.get("initial_losses")
         w = state.get("w")
-        if w is None:
+        if w is None:  # (before the first step)
+            self.w = self.optimizer = None
             return
         self._init_weights(w.numel(), w.device)
         assert self.w is not None and self.optimizer is not None
