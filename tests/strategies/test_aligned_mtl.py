@@ -3,6 +3,7 @@ aligned gradients' Gramian condition, scale modes, rank deficiency, and training
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -17,10 +18,10 @@ F64 = torch.float64
 
 
 def balance(g: torch.Tensor, mode: str = "min") -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, σ²): G = V Λ Vᵀ restricted to the eigenvalues above n · eps · λ_max, σ² from
-    ``mode``, B = σ V Λ^(-1/2) Vᵀ."""
+    """(B, σ²): G = V Λ Vᵀ restricted to the eigenvalues above n · ε · λ_max (ε float32's, the
+    official code's ``torch.finfo().eps``), σ² from ``mode``, B = σ V Λ^(-1/2) Vᵀ."""
     lam, v = torch.linalg.eigh(g)
-    keep = lam > lam.max() * g.shape[0] * torch.finfo(F64).eps
+    keep = lam > lam.max() * g.shape[0] * torch.finfo(torch.float32).eps
     lam, v = lam[keep], v[:, keep]
     sigma2 = {"min": lam.min(), "median": lam.median(), "rmse": lam.mean()}[mode]
     return sigma2.sqrt() * v @ torch.diag(lam.rsqrt()) @ v.T, sigma2
@@ -51,6 +52,36 @@ def test_rank_deficient_gradients() -> None:
     proj = v[:, 1:] @ v[:, 1:].T  # the two nonzero eigenvalues
     assert_close(b @ g @ b, sigma2 * proj, rtol=0.0, atol=1e-9)
     assert_close(weigh(make("aligned_mtl"), a), b.sum(1) / 3, rtol=1e-8, atol=1e-12)
+
+
+def test_the_rank_cut_is_the_official_codes() -> None:
+    """Two gradients at sin θ = 3e-4: λ_2/λ_1 ≈ 2e-8, below the official cut 2 · 1.19e-7 (float32's
+    ε), so the official code keeps one direction: the update is the mean gradient's projection
+    on it, of norm ≈ 1. torchjd's weighting on the float64 Gramian cuts at 2 · 2.2e-16, keeps
+    both, and scales the update by σ = λ_2^½: 6,700 times smaller (mtlbench's until 2026-11-30)."""
+    from torchjd.aggregation import AlignedMTLWeighting
+
+    theta = 3e-4
+    a = torch.tensor([[1.0, 0.0], [math.cos(theta), math.sin(theta)]], dtype=F64)
+    w = weigh(make("aligned_mtl"), a)
+    b, sigma2 = balance(stats(a).gramian)
+    assert_close(w, b @ torch.full((2,), 0.5, dtype=F64), rtol=1e-9, atol=0.0)
+    assert torch.linalg.matrix_rank(b) == 1
+    assert abs(float(update(w, a).norm()) - 1.0) < 1e-6
+    g = stats(a).gramian
+    kept_both = AlignedMTLWeighting()(g / g.trace())
+    assert float(update(kept_both, a).norm()) < 2e-4
+
+
+@pytest.mark.parametrize("mode", ["min", "median", "rmse"])
+def test_equal_to_torchjd_where_no_eigenvalue_lies_between_the_cuts(mode: str) -> None:
+    from torchjd.aggregation import AlignedMTLWeighting
+
+    for seed in range(3):
+        a = random_rows(4, 6, seed=seed, spread=1.0)
+        g = stats(a).gramian
+        assert_close(weigh(make("aligned_mtl", scale_mode=mode), a),
+                     AlignedMTLWeighting(scale_mode=mode)(g / g.trace()), rtol=1e-9, atol=1e-12)
 
 
 def test_official_code_sums_the_aligned_gradients() -> None:
