@@ -52,7 +52,12 @@ from mtlbench.tasks import TaskSpec
 #: replaced by this value before any division or logarithm (:func:`floored`), so that task gets a
 #: large finite weight instead of inf/NaN. Positive normal losses are never changed, however small
 #: or large (1e-30 stays 1e-30), so the scale invariance of eq. (2)-(7) holds exactly for them.
-LOSS_FLOOR = 1e-12
+#: The value is float32's ε = 2⁻²³ ≈ 1.19e-7: a float32 cross-entropy is exactly 0 once
+#: log(1 + δ) rounds to 0 (δ = Σ_k e^(-margin_k) < ε / 2), while its gradient, of order δ, is not;
+#: the smallest nonzero loss it reports is then of order ε, so a zero loss weighs as much as that
+#: (w = 1/ε ≈ 8.4e6) and contributes ∇L/ε = O(1), the limit of ∇log L. (It was 1e-12: an update
+#: 10⁴-10⁵ times too large on the step a task's loss first rounded to 0.)
+LOSS_FLOOR = torch.finfo(torch.float32).eps
 
 GRADIENT_SOURCES = ("shared", "last_shared", "representation")
 HEADS = ("weighted", "unweighted")

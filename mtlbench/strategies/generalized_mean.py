@@ -22,7 +22,7 @@ so that the weights are continuous in γ through 0 (where δ(0) = 0 is the geome
 * |γ| ≥ ``LOGSUMEXP_GAMMA``: log L(γ) = (logsumexp(γ ℓ) − log n)/γ and w from a softmax (fewer ops;
   here 1/|γ| ≤ 4 does not amplify round-off), which is what keeps |γ| up to 1e6 finite.
 
-Losses of exactly 0 are replaced by ``LOSS_FLOOR`` = 1e-12 (``base.floored``); positive losses are
+Losses of exactly 0 are replaced by ``LOSS_FLOOR`` = 2⁻²³ (``base.floored``); positive losses are
 used as they are, so γ = 0 is scale-invariant for any positive magnitudes.
 Weights beyond the losses' dtype are clamped to its largest finite value.
 """

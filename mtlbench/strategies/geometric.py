@@ -4,7 +4,7 @@
 
 Same gradient direction as real-time normalization (eq. 6). Computed in float64 log space
 (``base.wide``), so the weights are exact (scale-invariant) for positive losses of any magnitude; a
-loss of exactly 0 is replaced by ``LOSS_FLOOR`` = 1e-12 (``base.floored``), and a weight beyond the
+loss of exactly 0 is replaced by ``LOSS_FLOOR`` = 2⁻²³ (``base.floored``), and a weight beyond the
 losses' dtype is clamped to its largest finite value. Source: https://kexue.fm/archives/8870
 (eq. 7).
 """

@@ -24,7 +24,7 @@ Choices (documented deviations or readings):
   reaches 0 or turns negative (the paper does not say what happens then).
 * L_i(0): this run's first-step losses (``initial=first_step``), or the theoretical value at zero
   outputs (``initial=derived``: log K, E||y||²/d, via ``TaskSpec.derived_init_loss``). Losses of
-  exactly 0 are replaced by ``LOSS_FLOOR`` = 1e-12 (``base.floored``; positive ones never are).
+  exactly 0 are replaced by ``LOSS_FLOOR`` = 2⁻²³ (``base.floored``; positive ones never are).
 
 Parameters:
     alpha: α ≥ 0, the restoring-force strength (paper: 1.5 on NYUv2, 0.12 on its toy problem).

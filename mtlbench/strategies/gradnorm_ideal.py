@@ -32,7 +32,7 @@ and its head gets the finite weight s / (eps c_i); positive norms, however small
 are (in float32, a norm whose reciprocal would overflow counts as 0). If every norm is 0, s is taken
 as eps: w_i = 1 / c_i with ``rescale`` ``mean``/``max`` (the plain sum, whose shared gradient is 0
 anyway), 1 / (eps c_i) with ``none``. With ``log_losses``, a loss of exactly 0 is replaced by
-``LOSS_FLOOR`` = 1e-12 (``base.floored``). Weights beyond the losses' dtype are clamped to its
+``LOSS_FLOOR`` = 2⁻²³ (``base.floored``). Weights beyond the losses' dtype are clamped to its
 largest finite value.
 
 Parameters:

@@ -4,7 +4,7 @@
 
 so w_i = 1/L_i (sg = stop-gradient). Scale-invariant (for positive losses of any magnitude: they
 are never floored), not shift-invariant. A loss of exactly 0 (or negative, or subnormal) is
-replaced by ``LOSS_FLOOR`` = 1e-12 (``base.floored``): weight 1e12, finite.
+replaced by ``LOSS_FLOOR`` = 2⁻²³ (``base.floored``): weight 8.4e6, finite.
 Source: https://kexue.fm/archives/8870 (eq. 4-6).
 """
 

@@ -10,7 +10,7 @@ import torch
 from torch.testing import assert_close
 
 from mtlbench.errors import ConfigError
-from mtlbench.strategies.base import SetupContext
+from mtlbench.strategies.base import LOSS_FLOOR, SetupContext
 from mtlbench.strategies.equal import Equal
 from mtlbench.strategies.generalized_mean import (
     LOGSUMEXP_GAMMA,
@@ -295,10 +295,10 @@ def test_continuous_across_the_branch_switches(switch, sign, seed):
 @pytest.mark.parametrize("gamma", [5e-324, -1e-300, 1e-17, 1e-15, 1e-8, 1e-3])
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_tiny_gamma_with_zero_and_extreme_losses_is_finite(gamma, dtype):
-    """A zero loss counts as LOSS_FLOOR = 1e-12; the positive 1e-24 is used as it is."""
+    """A zero loss counts as LOSS_FLOOR = 2⁻²³; the positive 1e-24 is used as it is."""
     losses = torch.tensor([0.0, 1e-24, 1e20, 1.0], dtype=dtype)
     w = GeneralizedMean(gamma=gamma).weights(losses)
     assert w.dtype == dtype and torch.isfinite(w).all() and (w > 0).all()
-    floored = torch.tensor([1e-12, 1e-24, 1e20, 1.0], dtype=dtype)
+    floored = torch.tensor([LOSS_FLOOR, 1e-24, 1e20, 1.0], dtype=dtype)
     want = torch.tensor(reference_weights(gamma, floored), dtype=F64)
     assert_close(w.double(), want, rtol=1e-6 if dtype == torch.float32 else 1e-13, atol=0)

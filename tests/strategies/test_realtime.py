@@ -44,7 +44,22 @@ def test_only_zero_losses_are_floored():
                                         1 / LOSS_FLOOR], rel=1e-15)
     w32 = Realtime().weights(torch.tensor([0.0, 1e8, 1e-24, 1e-40]))  # 1e-40: float32 subnormal
     assert w32.dtype == torch.float32
-    assert w32.tolist() == pytest.approx([1e12, 1e-8, 1e24, 1e12], rel=1e-6)
+    assert w32.tolist() == pytest.approx([2 ** 23, 1e-8, 1e24, 2 ** 23], rel=1e-6)
+
+
+def test_a_cross_entropy_that_rounds_to_zero_gets_an_order_one_update() -> None:
+    """A float32 cross-entropy is exactly 0 once every margin passes ~16.6, while its gradient
+    is not (~e^-margin): w = 1/LOSS_FLOOR = 2²³ keeps ∇L/L of order 1 across that point, as it is
+    for the largest margins still resolved (the old floor 1e-12 made it ~1e4 times larger)."""
+    assert LOSS_FLOOR == 2.0 ** -23
+    grads = []
+    for margin in (16.0, 17.0):
+        logits = torch.tensor([[margin, 0.0]], requires_grad=True)
+        loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0]))
+        (loss * Realtime().weights(loss.detach().reshape(1))[0]).backward()
+        grads.append(float(logits.grad.abs().max()))
+        assert (float(loss) == 0.0) == (margin == 17.0)
+    assert 0.1 < grads[0] < 2.0 and 0.1 < grads[1] < 2.0, grads
 
 
 @pytest.mark.parametrize("lam", [1e-12, 1e-6, 1e6, 1e12])
