@@ -43,6 +43,54 @@ def test_different_seeds_differ():
         assert not torch.equal(a.train.targets[name], b.train.targets[name])
 
 
+def shared_rows_equal(small, large) -> None:
+    """``small``'s splits are prefixes of ``large``'s (inputs and every target ``small`` has)."""
+    for a, b in ((small.train, large.train), (small.val, large.val), (small.test, large.test)):
+        n = len(a)
+        assert torch.equal(a.inputs, b.inputs[:n])
+        for name, t in a.targets.items():
+            assert torch.equal(t, b.targets[name][:n]), name
+
+
+@pytest.mark.parametrize("sizes", [{"n_train": 100}, {"n_train": 1500, "n_test": 2000},
+                                   {"n_val": 1}])
+def test_other_split_sizes_keep_the_rows_they_share(sizes):
+    """Each split's inputs and each task's noise are drawn in fixed blocks from their own
+    streams, and the teacher and read-outs from theirs: a smaller split is a prefix of a larger
+    one, whatever the other splits' sizes (version 1 drew everything from one stream: another
+    n_train gave another teacher and other test rows)."""
+    small = build(**{"n_train": 256, "n_val": 32, "n_test": 48, **sizes})
+    large = build(n_train=2100, n_val=1100, n_test=2100)  # past a 1024-row block
+    shared_rows_equal(small, large)
+
+
+def test_removing_a_task_keeps_the_others_targets():
+    fewer = build(tasks={k: v for k, v in TASKS.items() if k != "cls_k2"})
+    reordered = build(tasks=dict(reversed(list(TASKS.items()))))
+    shared_rows_equal(fewer, build())
+    shared_rows_equal(reordered, build())
+
+
+def test_each_part_has_its_own_stream():
+    from mtlbench.data.base import rows, stream
+
+    first = torch.randn(3, generator=stream(0, "teacher"))
+    assert torch.equal(first, torch.randn(3, generator=stream(0, "teacher")))
+    assert not torch.equal(first, torch.randn(3, generator=stream(0, "task", "teacher")))
+    assert not torch.equal(first, torch.randn(3, generator=stream(1, "teacher")))
+    assert rows(0, ("x",), 7, 2).shape == (1024, 2)  # whole blocks; the caller keeps 7
+    assert torch.equal(rows(0, ("x",), 1025, 2)[:1024], rows(0, ("x",), 7, 2))
+    assert rows(0, ("x",), 0, 2).shape == (0, 2)
+
+
+def test_only_the_current_generator_version_is_built():
+    with pytest.raises(ConfigError, match=r"^`data\.version` must be 2 \(.*\)\. "
+                                          r"Found `data\.version = 1`\.$"):
+        build(version=1)
+    with pytest.raises(ConfigError, match=r"`data\.version` must be 2"):
+        gradnorm_toy.build(seed=0, tasks={}, sigmas=[1.0], version=1, **TOY)
+
+
 def test_shapes_dtypes_and_specs():
     data = build()
     assert [t.name for t in data.tasks] == list(TASKS)
@@ -195,12 +243,26 @@ def test_gradnorm_toy_sigma_scales_targets():
     assert torch.equal(big.train.targets["t0"], ones.train.targets["t0"])
 
 
+def test_gradnorm_toy_other_sizes_and_sigmas_keep_what_they_share():
+    small = gradnorm_toy.build(seed=2, tasks={}, sigmas=[1.0], **{**TOY, "n_train": 10})
+    large = gradnorm_toy.build(seed=2, tasks={}, sigmas=[1.0, 3.0], **{**TOY, "n_test": 1500})
+    shared_rows_equal(small, large)
+
+
 def test_gradnorm_toy_is_seeded():
     a = gradnorm_toy.build(seed=2, tasks={}, sigmas=[1.0, 3.0], **TOY)
     b = gradnorm_toy.build(seed=2, tasks={}, sigmas=[1.0, 3.0], **TOY)
     c = gradnorm_toy.build(seed=3, tasks={}, sigmas=[1.0, 3.0], **TOY)
     assert all(torch.equal(x, y) for x, y in zip(tensors(a), tensors(b), strict=True))
     assert not torch.equal(a.train.targets["t0"], c.train.targets["t0"])
+
+
+@pytest.mark.parametrize("key", ["n_train", "n_val", "n_test", "input_dim", "output_dim"])
+def test_gradnorm_toy_sizes_must_be_positive(key):
+    """(``data.n_train=-5`` once reached training and was reported as a divergence.)"""
+    with pytest.raises(ConfigError, match=rf"`data\.{key}` must be an integer >= 1\. "
+                                          rf"Found `data\.{key} = -5`"):
+        gradnorm_toy.build(seed=0, tasks={}, sigmas=[1.0], **{**TOY, key: -5})
 
 
 def test_gradnorm_toy_errors():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Optional
 
@@ -84,17 +86,69 @@ class MultiTaskData:
         return MultiTaskData(self.tasks, self.train.to(device), self.val.to(device),
                              self.test.to(device))
 
-    @classmethod
-    def from_rows(cls, tasks: list[TaskSpec], inputs: Tensor, targets: dict[str, Tensor],
-                  n_train: int, n_val: int) -> MultiTaskData:
-        """Rows [0, n_train) are the training split, the next ``n_val`` validation, the rest
-        test."""
-        bounds = (0, n_train, n_train + n_val, inputs.shape[0])
 
-        def rows(lo: int, hi: int) -> Split:
-            return Split(inputs[lo:hi], {k: v[lo:hi] for k, v in targets.items()})
+#: ``data.version`` of the generated datasets (``synthetic``, ``gradnorm_toy``): how a problem is
+#: drawn from ``seed``. 2: each part from its own stream (:func:`stream`, :func:`rows`). Version 1,
+#: one stream in a fixed order (inputs of all splits, teacher, then each task in turn), was
+#: mtlbench's until 2026-11-30: another split size or task list gave another problem. Runs
+#: recorded without ``data.version`` used it; they are another configuration to ``report`` and to
+#: a resume.
+GENERATOR_VERSION = 2
+#: Rows per draw of :func:`rows` (each block from its own stream).
+ROWS_PER_BLOCK = 1024
 
-        return cls(tasks, *(rows(lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False)))
+
+def check_sizes(**sizes: int) -> None:
+    """Each ``data.<key>`` (split sizes, dimensions) an integer ≥ 1, or a one-line
+    :class:`ConfigError`."""
+    for key, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(
+                f"`data.{key}` must be an integer >= 1. Found `data.{key} = {value}`.")
+
+
+def check_version(version: int) -> None:
+    if version != GENERATOR_VERSION:
+        raise ConfigError(f"`data.version` must be {GENERATOR_VERSION} (each part of the problem "
+                          f"drawn from its own stream; version 1 is not built any more). "
+                          f"Found `data.version = {version}`.")
+
+
+def stream(seed: int, *part: str) -> torch.Generator:
+    """A generator for one named part of a generated problem (e.g. ``"teacher"``, or
+    ``"noise", task, split``), seeded from ``seed`` and the part's name by SHA-256: parts do not
+    share draws, so one part's size or presence changes no other part."""
+    digest = hashlib.sha256("/".join([str(int(seed)), *part]).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def padded(n: int) -> int:
+    """``n`` rounded up to whole blocks of :data:`ROWS_PER_BLOCK` rows."""
+    return ROWS_PER_BLOCK * math.ceil(max(n, 0) / ROWS_PER_BLOCK)
+
+
+def rows(seed: int, part: tuple[str, ...], n: int, width: int,
+         draw: Callable[..., Tensor] = torch.randn) -> Tensor:
+    """:func:`padded` (n) rows [·, width] of ``draw`` (``torch.randn`` or ``torch.rand``), block
+    k of :data:`ROWS_PER_BLOCK` rows from ``stream(seed, *part, str(k))``: the first blocks are
+    the same for every n (a smaller split is a prefix of a larger one). The caller computes on
+    whole blocks (:func:`blockwise`) and keeps the first n rows last, so that no row's value
+    depends on how many rows there are (a matrix product's rounding may depend on its shape)."""
+    blocks = [draw(ROWS_PER_BLOCK, width, generator=stream(seed, *part, str(k)))
+              for k in range(padded(n) // ROWS_PER_BLOCK)]
+    return torch.cat(blocks) if blocks else torch.empty(0, width)
+
+
+def blockwise(fn: Callable[..., Tensor], *tensors: Tensor) -> Tensor:
+    """``fn`` on each block of :data:`ROWS_PER_BLOCK` rows of ``tensors`` (of :func:`padded`
+    length), concatenated."""
+    if not len(tensors[0]):
+        return fn(*tensors)
+    return torch.cat([fn(*block) for block in zip(*(t.split(ROWS_PER_BLOCK) for t in tensors),
+                                                  strict=True)])
+
+
+SPLITS = ("train", "val", "test")
 
 
 #: The ``data.tasks.<name>`` keys every dataset reads (:class:`TaskConfig`).

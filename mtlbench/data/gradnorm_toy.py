@@ -13,9 +13,22 @@ from dataclasses import dataclass, field
 from typing import Any, List
 
 import torch
+from torch import Tensor
 
 from mtlbench.checks import check_positive
-from mtlbench.data.base import DataConfig, MultiTaskData, task_spec
+from mtlbench.data.base import (
+    GENERATOR_VERSION,
+    SPLITS,
+    DataConfig,
+    MultiTaskData,
+    Split,
+    blockwise,
+    check_sizes,
+    check_version,
+    rows,
+    stream,
+    task_spec,
+)
 from mtlbench.errors import ConfigError
 
 
@@ -28,6 +41,18 @@ class GradNormToyDataConfig(DataConfig):
     n_train: int = 8192
     n_val: int = 1024
     n_test: int = 1024
+    version: int = GENERATOR_VERSION
+
+
+@dataclass
+class TaskMap:
+    """f_i(x) = σ_i · tanh(x (B + ε_i)ᵀ) on rows x [N, input_dim]."""
+
+    sigma: float
+    weight: Tensor  # (B + ε_i)ᵀ [input_dim, output_dim]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.sigma * torch.tanh(x @ self.weight)
 
 
 def task_names(num_tasks: int) -> list[str]:
@@ -45,12 +70,19 @@ def build(
     n_train: int = 8192,
     n_val: int = 1024,
     n_test: int = 1024,
+    version: int = GENERATOR_VERSION,
 ) -> MultiTaskData:
     """Generate the toy problem deterministically from ``seed``; one regression task per σ.
+    Each part has its own stream (``data.version`` 2, :func:`mtlbench.data.base.stream`): a
+    split's inputs (a smaller split is a prefix of a larger one), B, and each task's ε_i, so
+    other split sizes or another σ list give the same problem on the rows and tasks they share.
 
     ``tasks`` may give ``loss_scale``/``loss_shift`` for any of ``t0 … t{n-1}``; others use
     defaults.
     """
+    check_version(version)
+    check_sizes(n_train=n_train, n_val=n_val, n_test=n_test, input_dim=input_dim,
+                output_dim=output_dim)
     if len(sigmas) < 1:
         raise ConfigError("`data.sigmas` must list at least one σ (one task per σ).")
     for i, sigma in enumerate(sigmas):  # (task i's scale)
@@ -62,14 +94,14 @@ def build(
             f"`data.tasks.{unknown[0]}` is not a task of data=gradnorm_toy with "
             f"{len(sigmas)} sigmas (tasks: {', '.join(names)})."
         )
-    gen = torch.Generator().manual_seed(int(seed))
-    n = n_train + n_val + n_test
-    x = torch.randn(n, input_dim, generator=gen)
-    b = torch.randn(output_dim, input_dim, generator=gen) * math.sqrt(10.0)
+    sizes = dict(zip(SPLITS, (n_train, n_val, n_test), strict=True))
+    x = {split: rows(seed, ("x", split), size, input_dim) for split, size in sizes.items()}
+    b = torch.randn(output_dim, input_dim, generator=stream(seed, "B")) * math.sqrt(10.0)
     specs, targets = [], {}
     for name, sigma in zip(names, sigmas, strict=True):
-        eps = torch.randn(output_dim, input_dim, generator=gen) * math.sqrt(3.5)
-        targets[name] = float(sigma) * torch.tanh(x @ (b + eps).T)
+        eps = torch.randn(output_dim, input_dim, generator=stream(seed, "task", name))
+        task = TaskMap(float(sigma), (b + eps * math.sqrt(3.5)).T)
+        targets[name] = {split: blockwise(task, xs) for split, xs in x.items()}
         cfg = dict((tasks or {}).get(name, {}))
         if cfg.setdefault("kind", "regression") != "regression":
             raise ConfigError(f"`data.tasks.{name}.kind` must be regression (every task of "
@@ -77,4 +109,6 @@ def build(
                               f"{cfg['kind']}`.")
         specs.append(task_spec(name, cfg, output_dim))
 
-    return MultiTaskData.from_rows(specs, x, targets, n_train, n_val)
+    return MultiTaskData(specs, *(
+        Split(x[split][:n], {name: t[split][:n] for name, t in targets.items()})
+        for split, n in sizes.items()))

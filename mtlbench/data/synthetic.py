@@ -17,7 +17,20 @@ import torch
 from torch import Tensor
 
 from mtlbench.checks import check_positive, check_real
-from mtlbench.data.base import DataConfig, MultiTaskData, TaskConfig, task_spec
+from mtlbench.data.base import (
+    GENERATOR_VERSION,
+    SPLITS,
+    DataConfig,
+    MultiTaskData,
+    Split,
+    TaskConfig,
+    blockwise,
+    check_sizes,
+    check_version,
+    rows,
+    stream,
+    task_spec,
+)
 from mtlbench.errors import ConfigError
 
 
@@ -48,24 +61,37 @@ class SyntheticDataConfig(DataConfig):
     input_dim: int = 32
     teacher_dim: int = 16
     noise: float = 0.1
+    version: int = GENERATOR_VERSION
     tasks: Dict[str, SyntheticTaskConfig] = field(default_factory=dict)  # noqa: UP006
 
 
-def _targets(kind: str, cfg: Any, h: Tensor, gen: torch.Generator, noise: float) -> Tensor:
-    """Targets of one task from the shared teacher representation ``h`` [N, teacher_dim]."""
-    n, width = h.shape
+def _task_targets(name: str, kind: str, cfg: Any, seed: int, hs: dict[str, Tensor],
+                  noise: float) -> dict[str, Tensor]:
+    """One task's targets in each split from the teacher representation of its rows
+    (``hs[split]`` [padded N, teacher_dim]): its read-out from ``stream(seed, "task", name)``,
+    its noise from ``rows(seed, ("noise", name, split), …)``; computed block by block."""
+    width = next(iter(hs.values())).shape[1]
+    gen = stream(seed, "task", name)
     if kind == "classification":
         k = int(cfg["num_classes"])
         readout = torch.randn(width, k, generator=gen) * 3.0 / math.sqrt(width)
         log_prior = -float(cfg.get("class_skew", 0.0)) * torch.arange(k, dtype=torch.float32)
-        logits = h @ readout + log_prior
-        gumbel = -torch.log(-torch.log(torch.rand(n, k, generator=gen).clamp_min(1e-20)))
-        return (logits + noise * gumbel).argmax(dim=1)
+
+        def classes(h: Tensor, u: Tensor) -> Tensor:
+            gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)))
+            return (h @ readout + log_prior + noise * gumbel).argmax(dim=1)
+        return {split: blockwise(classes, h, rows(seed, ("noise", name, split), len(h), k,
+                                                  torch.rand))
+                for split, h in hs.items()}
     d = int(cfg.get("dim", 1))
     readout = torch.randn(width, d, generator=gen) * 2.0 / math.sqrt(width)
-    clean = h @ readout + 0.5 * torch.randn(1, d, generator=gen)
-    y = clean + noise * torch.randn(n, d, generator=gen)
-    return float(cfg.get("target_scale", 1.0)) * y
+    offset = 0.5 * torch.randn(1, d, generator=gen)
+    scale = float(cfg.get("target_scale", 1.0))
+
+    def values(h: Tensor, e: Tensor) -> Tensor:
+        return scale * (h @ readout + offset + noise * e)
+    return {split: blockwise(values, h, rows(seed, ("noise", name, split), len(h), d))
+            for split, h in hs.items()}
 
 
 def build(
@@ -78,8 +104,13 @@ def build(
     input_dim: int = 32,
     teacher_dim: int = 16,
     noise: float = 0.1,
+    version: int = GENERATOR_VERSION,
 ) -> MultiTaskData:
-    """Generate the dataset deterministically from ``seed``.
+    """Generate the dataset deterministically from ``seed``, each part from its own stream
+    (``data.version`` 2, :func:`mtlbench.data.base.stream`): a split's inputs (a smaller split is
+    a prefix of a larger one), the teacher, each task's read-out, each task's noise in each split.
+    So other split sizes or another task list give the same problem on the rows and tasks they
+    share.
 
     Parameters:
         seed: the generator seed (same seed, same data).
@@ -88,13 +119,11 @@ def build(
         input_dim: dimension of x ~ N(0, I).
         teacher_dim: width of the shared teacher representation.
         noise: label noise (Gumbel temperature for classes, Gaussian std for regression).
+        version: :data:`mtlbench.data.base.GENERATOR_VERSION` (the only one built).
     """
-    for key, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test),
-                       ("input_dim", input_dim), ("teacher_dim", teacher_dim)):
-        if value < 1:
-            raise ConfigError(
-                f"`data.{key}` must be an integer >= 1. Found `data.{key} = {value}`."
-            )
+    check_version(version)
+    check_sizes(n_train=n_train, n_val=n_val, n_test=n_test, input_dim=input_dim,
+                teacher_dim=teacher_dim)
     check_positive("data.noise", noise, allow_zero=True)
     for name, cfg in (tasks or {}).items():
         check_positive(f"data.tasks.{name}.class_skew", cfg.get("class_skew", 0.0),
@@ -102,12 +131,13 @@ def build(
         check_real(f"data.tasks.{name}.target_scale", cfg.get("target_scale", 1.0))
     if not tasks:
         raise ConfigError("`data.tasks` must define at least one task.")
-    gen = torch.Generator().manual_seed(int(seed))
-    n = n_train + n_val + n_test
-    x = torch.randn(n, input_dim, generator=gen)
+    sizes = dict(zip(SPLITS, (n_train, n_val, n_test), strict=True))
+    x = {split: rows(seed, ("x", split), size, input_dim) for split, size in sizes.items()}
+    gen = stream(seed, "teacher")
     w1 = torch.randn(input_dim, 2 * teacher_dim, generator=gen) / math.sqrt(input_dim)
     w2 = torch.randn(2 * teacher_dim, teacher_dim, generator=gen) * 1.5 / math.sqrt(2 * teacher_dim)
-    h = torch.tanh(torch.tanh(x @ w1) @ w2)
+    hs = {split: blockwise(lambda xs: torch.tanh(torch.tanh(xs @ w1) @ w2), xs)
+          for split, xs in x.items()}
 
     specs, targets = [], {}
     for name, cfg in tasks.items():
@@ -118,6 +148,8 @@ def build(
             )
         out_dim = cfg["num_classes"] if kind == "classification" else cfg.get("dim", 1)
         specs.append(task_spec(name, cfg, out_dim, SYNTHETIC_TASK_KEYS))
-        targets[name] = _targets(kind, cfg, h, gen, noise)
+        targets[name] = _task_targets(name, kind, cfg, seed, hs, noise)
 
-    return MultiTaskData.from_rows(specs, x, targets, n_train, n_val)
+    return MultiTaskData(specs, *(
+        Split(x[split][:n], {name: t[split][:n] for name, t in targets.items()})
+        for split, n in sizes.items()))
