@@ -17,11 +17,12 @@ from mtlbench.strategies.aligned_mtl import AlignedMTL
 F64 = torch.float64
 
 
-def balance(g: torch.Tensor, mode: str = "min") -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, σ²): G = V Λ Vᵀ restricted to the eigenvalues above n · ε · λ_max (ε float32's, the
-    official code's ``torch.finfo().eps``), σ² from ``mode``, B = σ V Λ^(-1/2) Vᵀ."""
+def balance(g: torch.Tensor, mode: str = "min",
+            eps: float = torch.finfo(F64).eps) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, σ²): G = V Λ Vᵀ restricted to the eigenvalues above n · eps · λ_max, σ² from
+    ``mode``, B = σ V Λ^(-1/2) Vᵀ."""
     lam, v = torch.linalg.eigh(g)
-    keep = lam > lam.max() * g.shape[0] * torch.finfo(torch.float32).eps
+    keep = lam > lam.max() * g.shape[0] * eps
     lam, v = lam[keep], v[:, keep]
     sigma2 = {"min": lam.min(), "median": lam.median(), "rmse": lam.mean()}[mode]
     return sigma2.sqrt() * v @ torch.diag(lam.rsqrt()) @ v.T, sigma2
@@ -54,34 +55,50 @@ def test_rank_deficient_gradients() -> None:
     assert_close(weigh(make("aligned_mtl"), a), b.sum(1) / 3, rtol=1e-8, atol=1e-12)
 
 
-def test_the_rank_cut_is_the_official_codes() -> None:
-    """Two gradients at sin θ = 3e-4: λ_2/λ_1 ≈ 2e-8, below the official cut 2 · 1.19e-7 (float32's
-    ε), so the official code keeps one direction: the update is the mean gradient's projection
-    on it, of norm ≈ 1. torchjd's weighting on the float64 Gramian cuts at 2 · 2.2e-16, keeps
-    both, and scales the update by σ = λ_2^½: 6,700 times smaller (mtlbench's until 2026-11-30)."""
+OFFICIAL_EPS = torch.finfo(torch.float32).eps  # the official code's torch.finfo().eps
+
+
+def test_the_rank_cut_by_default_and_as_the_official_code() -> None:
+    """Two gradients at sin θ = 3e-4: λ_2/λ_1 ≈ 2e-8. The default cut (float64's ε on the float64
+    Gramian, as torchjd) keeps both directions and scales the update by σ = λ_2^½; the official
+    code's cut (float32's ε, ``rank_eps=1.1920929e-07``) keeps one, and its update is the mean
+    gradient's projection on it, of norm ≈ 1: 6,700 times larger."""
     from torchjd.aggregation import AlignedMTLWeighting
 
     theta = 3e-4
     a = torch.tensor([[1.0, 0.0], [math.cos(theta), math.sin(theta)]], dtype=F64)
-    w = weigh(make("aligned_mtl"), a)
-    b, sigma2 = balance(stats(a).gramian)
-    assert_close(w, b @ torch.full((2,), 0.5, dtype=F64), rtol=1e-9, atol=0.0)
-    assert torch.linalg.matrix_rank(b) == 1
-    assert abs(float(update(w, a).norm()) - 1.0) < 1e-6
     g = stats(a).gramian
-    kept_both = AlignedMTLWeighting()(g / g.trace())
-    assert float(update(kept_both, a).norm()) < 2e-4
+    default = weigh(make("aligned_mtl"), a)
+    assert_close(default, AlignedMTLWeighting()(g / g.trace()), rtol=1e-9, atol=0.0)
+    assert float(update(default, a).norm()) < 2e-4
+    official = weigh(make("aligned_mtl", rank_eps=OFFICIAL_EPS), a)
+    b, _ = balance(g, eps=OFFICIAL_EPS)
+    assert torch.linalg.matrix_rank(b) == 1
+    assert_close(official, b @ torch.full((2,), 0.5, dtype=F64), rtol=1e-9, atol=0.0)
+    assert abs(float(update(official, a).norm()) - 1.0) < 1e-6
 
 
 @pytest.mark.parametrize("mode", ["min", "median", "rmse"])
-def test_equal_to_torchjd_where_no_eigenvalue_lies_between_the_cuts(mode: str) -> None:
+def test_default_equals_torchjd(mode: str) -> None:
+    """Random and nearly dependent gradients (λ_min/λ_max down to ~1e-12), to 1e-7: the same
+    eigen-decomposition (``UPLO="U"``; the lower triangle's rounds differently, which B's Λ^(-1/2)
+    amplifies to ~1e-6 at λ_min/λ_max ~1e-8)."""
     from torchjd.aggregation import AlignedMTLWeighting
 
     for seed in range(3):
-        a = random_rows(4, 6, seed=seed, spread=1.0)
-        g = stats(a).gramian
-        assert_close(weigh(make("aligned_mtl", scale_mode=mode), a),
-                     AlignedMTLWeighting(scale_mode=mode)(g / g.trace()), rtol=1e-9, atol=1e-12)
+        for squash in (1.0, 1e-3, 1e-6):
+            a = random_rows(4, 6, seed=seed, spread=1.0)
+            a[3] = a[2] + squash * a[3]  # (squash → 0: rows 2 and 3 nearly equal)
+            g = stats(a).gramian
+            assert_close(weigh(make("aligned_mtl", scale_mode=mode), a),
+                         AlignedMTLWeighting(scale_mode=mode)(g / g.trace()),
+                         rtol=1e-7, atol=1e-12)
+
+
+def test_rank_eps_is_checked() -> None:
+    with pytest.raises(ConfigError, match=r"^Parameter `strategy\.rank_eps` must be >= 0\. "
+                                          r"Found `strategy\.rank_eps = -1\.0`\.$"):
+        make("aligned_mtl", rank_eps=-1.0)
 
 
 def test_official_code_sums_the_aligned_gradients() -> None:
