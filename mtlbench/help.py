@@ -49,7 +49,9 @@ def trainer_keys() -> list[str]:
     from mtlbench.config import TrainerConfig
 
     root = yaml.safe_load(files("mtlbench.conf").joinpath("config.yaml").read_text())
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainerConfig)}
+    defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING
+                and f.default_factory is not dataclasses.MISSING else f.default
+                for f in dataclasses.fields(TrainerConfig)}
     defaults.update(root.get("trainer") or {})
     return [f"trainer.{k}={'null' if v is None else v}" for k, v in defaults.items()]
 

@@ -52,7 +52,8 @@ def test_train_help_lists_the_groups_and_no_internals(tmp_path: Path) -> None:
         assert group in result.stdout
     assert "generalized_mean" in result.stdout and "gradnorm_toy" in result.stdout
     assert "trainer.max_steps=1000" in result.stdout  # the root config's default, not the schema's
-    for internal in ("schema", "for_data", "powered by Hydra"):
+    assert "trainer.select_reference={}" in result.stdout  # (a default_factory field)
+    for internal in ("schema", "for_data", "powered by Hydra", "object at 0x"):
         assert internal not in result.stdout
 
 

@@ -75,7 +75,8 @@ def build(
     """Generate the toy problem deterministically from ``seed``; one regression task per σ.
     Each part has its own stream (``data.version`` 2, :func:`mtlbench.data.base.stream`): a
     split's inputs (a smaller split is a prefix of a larger one), B, and each task's ε_i, so
-    other split sizes or another σ list give the same problem on the rows and tasks they share.
+    other split sizes give the same problem on the rows they share, and a σ list that another
+    extends (tasks are named by position: ``t0``, ``t1``, …) the same tasks.
 
     ``tasks`` may give ``loss_scale``/``loss_shift`` for any of ``t0 … t{n-1}``; others use
     defaults.

@@ -52,11 +52,14 @@ from mtlbench.tasks import TaskSpec
 #: replaced by this value before any division or logarithm (:func:`floored`), so that task gets a
 #: large finite weight instead of inf/NaN. Positive normal losses are never changed, however small
 #: or large (1e-30 stays 1e-30), so the scale invariance of eq. (2)-(7) holds exactly for them.
-#: The value is float32's ε = 2⁻²³ ≈ 1.19e-7: a float32 cross-entropy is exactly 0 once
-#: log(1 + δ) rounds to 0 (δ = Σ_k e^(-margin_k) < ε / 2), while its gradient, of order δ, is not;
-#: the smallest nonzero loss it reports is then of order ε, so a zero loss weighs as much as that
-#: (w = 1/ε ≈ 8.4e6) and contributes ∇L/ε = O(1), the limit of ∇log L. (It was 1e-12: an update
-#: 10⁴-10⁵ times too large on the step a task's loss first rounded to 0.)
+#: The value is float32's ε = 2⁻²³ ≈ 1.19e-7: a float32 cross-entropy of one example is exactly 0
+#: once log(1 + δ) rounds to 0 (δ = Σ_k e^(-margin_k) < ε / 2), while its gradient, of order δ,
+#: is not, and the smallest nonzero value it takes is of order ε; so a zero loss weighs as much as
+#: that (w = 1/ε ≈ 8.4e6) and contributes ∇L/ε = O(1), the limit of ∇log L. (It was 1e-12: an
+#: update 10⁴-10⁵ times too large on the step a task's loss first rounded to 0.) A batch mean
+#: keeps float32's resolution per example: B - 1 examples at 0 and one just above ε/2 give a
+#: positive loss of order ε/B, which is used as it is (w ≈ B/ε), so there the weight can still
+#: jump by ~B between steps; that is float32 arithmetic, not the floor.
 LOSS_FLOOR = torch.finfo(torch.float32).eps
 
 GRADIENT_SOURCES = ("shared", "last_shared", "representation")

@@ -48,6 +48,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -119,6 +120,8 @@ class NashMTL(GramianWeighting):
                                      optim_niter=self.optim_niter).weighting
         if self.warm is not None and self.warm.shape == (n,):
             self.weighting.prvs_alpha = self.warm.numpy().copy()
+        else:  # torchjd's own start (also after a restored state that had none: no trace)
+            self.weighting.prvs_alpha = np.ones(n, dtype=np.float32)
         with warnings.catch_warnings():  # "... is not DPP" on every solve; 1/0 on a singular C
             warnings.filterwarnings("ignore", message=".*not DPP.*")
             warnings.filterwarnings("ignore", category=RuntimeWarning, module="cvxpy")

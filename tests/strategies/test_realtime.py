@@ -80,7 +80,7 @@ def test_objective_does_not_divide_by_zero():
     x = torch.tensor([0.0, 3.0], dtype=torch.float64, requires_grad=True)
     value = Realtime().objective(x)
     (grad,) = torch.autograd.grad(value, x)
-    assert value.item() == pytest.approx(1.0)  # 0 / 1e-12 + 3 / 3
+    assert value.item() == pytest.approx(1.0)  # 0 / LOSS_FLOOR + 3 / 3
     assert grad.tolist() == pytest.approx([1 / LOSS_FLOOR, 1 / 3], rel=1e-15)
 
 
