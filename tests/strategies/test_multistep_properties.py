@@ -64,14 +64,21 @@ def setup(strategy: Strategy, world: World) -> None:
         part.setup(world.context())
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_weights_stay_valid_and_state_resumes_exactly(name: str) -> None:
-    world = make_world(3, seed=11, lo=-3.0, hi=3.0)
+def ready(name: str, world: World) -> Strategy:
+    """``strategy=<name>`` with its defaults, set up on ``world`` (the test is skipped if the
+    strategy refuses the task set)."""
     strategy = make_strategy(name, {})
     try:
         setup(strategy, world)
     except Exception as error:  # noqa: BLE001 - e.g. single_task refuses three tasks
         pytest.skip(f"{name} refuses this task set: {error}")
+    return strategy
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_weights_stay_valid_and_state_resumes_exactly(name: str) -> None:
+    world = make_world(3, seed=11, lo=-3.0, hi=3.0)
+    strategy = ready(name, world)
     torch.manual_seed(3)
     first = drive(strategy, world, range(SPLIT))
     state = copy.deepcopy([part.state_dict() for part in parts(strategy)])
@@ -126,11 +133,7 @@ def test_a_skipped_step_leaves_no_trace(name: str, nan: bool, at: int) -> None:
     world = make_world(3, seed=11, lo=-3.0, hi=3.0)
     runs = []
     for skip in (False, True):
-        strategy = make_strategy(name, {})
-        try:
-            setup(strategy, world)
-        except Exception as error:  # noqa: BLE001 - e.g. single_task refuses three tasks
-            pytest.skip(f"{name} refuses this task set: {error}")
+        strategy = ready(name, world)
         torch.manual_seed(3)
         drive(strategy, world, range(at))
         if skip:
