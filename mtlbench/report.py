@@ -553,7 +553,9 @@ def shared_params(members: Sequence[Run]) -> dict[str, str]:
 
 def disambiguate(rows: Sequence[Row]) -> None:
     """Rows of different configurations whose labels read the same get the settings that tell
-    them apart (:attr:`Row.settings`; in key order, each only where it separates more of them)."""
+    them apart (:attr:`Row.settings`; in key order, each only where it separates more of them);
+    a row that does not record a chosen setting (runs from before it existed, e.g.
+    ``data.version``) says ``key=<unset>``, so that it does not read as the current default."""
     by_label: dict[str, list[Row]] = {}
     for row in rows:
         by_label.setdefault(row.label, []).append(row)
@@ -572,9 +574,10 @@ def disambiguate(rows: Sequence[Row]) -> None:
                 chosen, distinct = [*chosen, key], found
             if distinct == len(same):
                 break
-        for row, s in zip(same, settings, strict=True):
-            row.label = " ".join([label, *(f"{key.removeprefix('strategy.')}={s[key]}"
-                                           for key in chosen if key in s)])
+        for row, s in zip(same, settings, strict=True):  # (<unset>: e.g. a key added since;
+            row.label = " ".join([label, *(  # a run with no recorded config says only that)
+                f"{key.removeprefix('strategy.')}={s.get(key, '<unset>')}" for key in chosen
+                if key in s or s.get("config") != UNRECORDED["config"])])
 
 
 def _seed_order(run: Run) -> tuple[bool, int]:

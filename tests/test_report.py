@@ -422,6 +422,18 @@ def test_configurations_that_read_the_same_get_the_setting_that_tells_them_apart
     assert rows["equal config=recorded model.width=64"]["tasks"]["cls"]["mean"] == 0.064
 
 
+def test_a_setting_older_runs_do_not_record_reads_unset(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Runs from before a setting existed (``data.version``) beside runs that record it: the older
+    row says ``data.version=<unset>`` instead of reading as the current default."""
+    make_job(tmp_path / "old", "0", "equal", 0, {"cls": 0.5}, extra=recorded(0))
+    make_job(tmp_path / "new", "0", "equal", 0, {"cls": 0.6},
+             extra=recorded(0, **{"data.version": 2}))
+    rows = rows_by_label(report_json(capsys, str(tmp_path), "--no-files"))
+    assert set(rows) == {"equal data.version=2", "equal data.version=<unset>"}
+    assert rows["equal data.version=<unset>"]["tasks"]["cls"]["mean"] == 0.5
+
+
 def stl_and_mtl(root: Path, steps: int, mtl: tuple[float, float],
                 stl: tuple[float, float] | None) -> None:
     """An ``equal`` run (cls accuracy, reg mse) and, unless ``stl`` is None, its two single-task
