@@ -35,6 +35,10 @@ classification heads (10 classes each) on the shared representation. Rows:
 * ``torchjd mtl_backward + Mean`` / ``+ UPGrad``: torchjd 0.18's documented MTL usage,
   ``mtl_backward(losses, features=z)`` (heads get ∇L_i, the shared parameters the Jacobian in
   ``.jac``) then ``jac_to_grad(backbone.parameters(), aggregator)``.
+  The indented ``tuned`` rows under each: the same with the options torchjd documents for
+  speed, ``parallel_chunk_size=1``, ``tasks_params``/``shared_params`` given, and for UPGrad
+  ``jac_to_grad(..., optimize_gramian_computation=True)`` (checked equal to the untuned row on
+  every parameter).
 * ``torchjd autogram + UPGradWeighting``: ``Engine(backbone, batch_dim=None)`` built once;
   per step ``compute_gramian(losses)`` over the backbone's parameters, weights from
   ``UPGradWeighting``, then ``losses.backward(weights)`` (heads get w_i ∇L_i). ``batch_dim=None``
@@ -122,6 +126,14 @@ LR = 1e-4  # bench_strategies.prepare's Adam learning rate, used for every row
 FLOOR = "floor: sum backward + Adam"
 HAND = "by hand: n x autograd.grad + normalize"
 GNI = "mtlbench gradnorm_ideal[shared]"
+TUNED_MEAN = "  tuned: chunk=1, params given"
+TUNED_UPGRAD = "  tuned: chunk=1, params, optimize_gramian"
+#: (mtlbench row, peer row): each pair's time ratio in the same round, median over rounds
+PAIRS = [(GNI, HAND), ("mtlbench equal", "torchjd mtl_backward + Mean"),
+         ("mtlbench equal", TUNED_MEAN), ("mtlbench upgrad", "torchjd mtl_backward + UPGrad"),
+         ("mtlbench upgrad", TUNED_UPGRAD),
+         ("mtlbench upgrad", "torchjd autogram + UPGradWeighting"),
+         ("mtlbench db_mtl", "LibMTL-style DB-MTL (per-task backward)")]
 MIN_ROUNDS = 5  # with --seconds: at least this many rounds
 Step = Callable[[], object]
 
@@ -259,17 +271,27 @@ def by_hand_case(p: Problem, compiled: bool = False) -> tuple[MultiTaskModel, St
     return m, step
 
 
-def torchjd_case(aggregator: Callable[[], object]) -> Callable[[Problem], tuple]:
+def torchjd_case(aggregator: Callable[[], object], tuned: bool = False,
+                 gramian: bool = False) -> Callable[[Problem], tuple]:
+    """torchjd's documented MTL step; ``tuned``: with the options its docs offer for speed,
+    ``parallel_chunk_size=1`` (one task's backward at a time; its docs suggest larger chunks, but
+    1 was the fastest here at small n), ``tasks_params``/``shared_params`` given (no graph search)
+    and, for a Gramian-based aggregator (``gramian``), ``optimize_gramian_computation=True``."""
     def build(p: Problem) -> tuple[MultiTaskModel, Step]:
         m = copy.deepcopy(p.model)
         opt = adam(m)
         agg = aggregator()
+        shared = shared_params(m)
+        options: dict = ({"parallel_chunk_size": 1, "shared_params": shared, "tasks_params": [
+            list(m.heads[t.name].parameters()) for t in p.tasks]} if tuned else {})
+        jac_options = {"optimize_gramian_computation": True} if tuned and gramian else {}
 
         def step() -> None:
             opt.zero_grad(set_to_none=True)
             z, outputs = m(p.x)
-            mtl_backward([t.loss(outputs[t.name], p.y[t.name]) for t in p.tasks], features=z)
-            jac_to_grad(m.backbone.parameters(), agg)
+            mtl_backward([t.loss(outputs[t.name], p.y[t.name]) for t in p.tasks], features=z,
+                         **options)
+            jac_to_grad(shared if tuned else m.backbone.parameters(), agg, **jac_options)
             opt.step()
         return m, step
     return build
@@ -352,7 +374,9 @@ CASES: dict[str, Callable[[Problem], tuple[MultiTaskModel, Step]]] = {
     "mtlbench db_mtl": mtlbench_case("db_mtl", {}),
     HAND: by_hand_case,
     "torchjd mtl_backward + Mean": torchjd_case(Mean),
+    TUNED_MEAN: torchjd_case(Mean, tuned=True),
     "torchjd mtl_backward + UPGrad": torchjd_case(UPGrad),
+    TUNED_UPGRAD: torchjd_case(UPGrad, tuned=True, gramian=True),
     "torchjd autogram + UPGradWeighting": autogram_case,
     "LibMTL-style DB-MTL (per-task backward)": libmtl_db_mtl_case,
 }
@@ -473,6 +497,9 @@ def _run_checks(p: Problem) -> None:
           mean_shared, eq_shared, rtol)
     check("torchjd Mean heads (grad L_i) == n x mtlbench equal heads ((1/n) grad L_i)",
           torch.cat(mean_heads), p.n * torch.cat(eq_heads), rtol)
+    tuned_shared, tuned_heads = one_step(p, TUNED_MEAN)
+    check("torchjd Mean tuned == torchjd Mean, every .grad",
+          torch.cat([tuned_shared, *tuned_heads]), torch.cat([mean_shared, *mean_heads]), rtol)
 
     up_shared, up_heads = one_step(p, "torchjd mtl_backward + UPGrad")
     mine_shared, mine_heads = one_step(p, "mtlbench upgrad")
@@ -480,6 +507,9 @@ def _run_checks(p: Problem) -> None:
     check("torchjd UPGrad == mtlbench upgrad, shared .grad", mine_shared, up_shared, qp_rtol)
     check("torchjd UPGrad == mtlbench upgrad, heads (both grad L_i)",
           torch.cat(mine_heads), torch.cat(up_heads), rtol)
+    tuned_shared, tuned_heads = one_step(p, TUNED_UPGRAD)
+    check("torchjd UPGrad tuned == torchjd UPGrad, every .grad",
+          torch.cat([tuned_shared, *tuned_heads]), torch.cat([up_shared, *up_heads]), qp_rtol)
     check("torchjd autogram UPGradWeighting == torchjd mtl_backward UPGrad, shared .grad",
           one_step(p, "torchjd autogram + UPGradWeighting")[0], up_shared, qp_rtol)
 
@@ -537,6 +567,8 @@ def peak_step_bytes(model: MultiTaskModel, step: Step, device: torch.device) -> 
 @dataclass
 class Result:
     ms: dict[str, float]
+    #: (mtlbench row, peer row) → median over rounds of their time ratio in the same round
+    paired: dict[tuple[str, str], float]
     ratio: dict[str, float]
     quartiles: dict[str, tuple[float, float]]
     memory: dict[str, float]
@@ -627,7 +659,9 @@ def bench(args: argparse.Namespace, p: Problem) -> Result:
     for name, values in ratios.items():
         q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
         quartiles[name] = (q[0], q[2])
-    return Result(ms={k: statistics.median(v) for k, v in times.items()},
+    paired = {(a, b): statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
+              for a, b in PAIRS if a in times and b in times}
+    return Result(ms={k: statistics.median(v) for k, v in times.items()}, paired=paired,
                   ratio={k: statistics.median(v) for k, v in ratios.items()},
                   quartiles=quartiles, memory=memory, rounds=rounds, seconds=elapsed,
                   load=(load_start, loadavg()), others=others, waited=waited)
@@ -681,6 +715,14 @@ def summary(results: dict[int, Result], memory: bool) -> str:
     for name in results[ns[0]].ms:
         cells = [f"{r.ratio[name]:.2f}x ({r.ms[name]:.2f} ms)" for r in results.values()]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    pairs = [pair for pair in PAIRS if all(pair in r.paired for r in results.values())]
+    if pairs:
+        lines += ["\n## paired: mtlbench row / peer row in the same round, median over rounds "
+                  "(< 1: mtlbench faster)", "| mtlbench row | peer row | "
+                  + " | ".join(f"n={n}" for n in ns) + " |", "|---|---|" + "---:|" * len(ns)]
+        for a, b in pairs:
+            lines.append(f"| {a} | {b.strip()} | "
+                         + " | ".join(f"{r.paired[(a, b)]:.3f}" for r in results.values()) + " |")
     if memory:
         lines += ["\n## peak MiB per step (see header for what is measured)", head, rule]
         for name in results[ns[0]].ms:

@@ -30,13 +30,18 @@ def test_bench_peers_rows_agree_and_every_row_is_timed() -> None:
                      "--input-dim", "8", "--batch", "16", "--rounds", "1", "--steps", "1",
                      "--warmup", "0", "--memory")
     checked = [line for line in out.splitlines() if line.startswith("checked:")]
-    assert len(checked) == 11, checked  # every agreement of the module doc, each asserted
+    assert len(checked) == 13, checked  # every agreement of the module doc, each asserted
     assert "heads=unweighted, heads (grad L_i) (||a-b||/||b|| = 0.0e+00)" in out  # exact
+    assert any(line.startswith("checked: torchjd UPGrad tuned == torchjd UPGrad, every .grad")
+               for line in checked)
     summary = out[out.index("## median ratio"):]
     for row in ("mtlbench gradnorm_ideal[shared]", "heads=unweighted", "by hand",
-                "torchjd mtl_backward + UPGrad", "LibMTL-style DB-MTL"):
+                "torchjd mtl_backward + UPGrad", "tuned: chunk=1, params, optimize_gramian",
+                "LibMTL-style DB-MTL"):
         assert row in summary, row
-    assert "## peak MiB per step" in out
+    paired = out[out.index("## paired"):out.index("## peak MiB per step")]
+    assert "| mtlbench upgrad | tuned: chunk=1, params, optimize_gramian | " in paired
+    assert paired.count("\n| mtlbench ") == 1 + 7  # the header and every pair
 
 
 def test_bench_strategies_times_every_strategy_or_the_chosen_ones() -> None:
@@ -67,7 +72,7 @@ def test_bench_peers_fused_adam_reaches_every_row() -> None:
                      "--warmup", "0", "--fused-adam", "--cases", "gradnorm_ideal[shared]",
                      "by hand")
     assert "(fused implementation, every row)" in out
-    assert len([line for line in out.splitlines() if line.startswith("checked:")]) == 11
+    assert len([line for line in out.splitlines() if line.startswith("checked:")]) == 13
     sys.path.insert(0, str(SCRIPTS))
     try:
         import bench_peers
@@ -88,13 +93,13 @@ def test_bench_peers_fused_adam_reaches_every_row() -> None:
 
 
 def assert_extra_row(option: str, cases: list[str], check: str, rows: list[str]) -> None:
-    """``bench_peers.py <option>`` on a tiny MLP, timing the rows matching ``cases``: its 12
+    """``bench_peers.py <option>`` on a tiny MLP, timing the rows matching ``cases``: its 14
     agreement checks passed, one of them starting with ``check``, and the summary has ``rows``."""
     out = run_script("bench_peers.py", "--model", "mlp128", "--tasks", "2", "--width", "16",
                      "--input-dim", "8", "--batch", "16", "--rounds", "1", "--steps", "1",
                      "--warmup", "1", option, "--cases", *cases)
     checked = [line for line in out.splitlines() if line.startswith("checked:")]
-    assert len(checked) == 12, checked
+    assert len(checked) == 14, checked
     assert any(line.startswith(f"checked: {check}") for line in checked), checked
     timed = [line.split("|")[1].strip() for line in out[out.index("## median ratio"):].splitlines()
              if line.startswith("| ") and not line.startswith("| case")]
