@@ -83,6 +83,21 @@ def test_each_part_has_its_own_stream():
     assert rows(0, ("x",), 0, 2).shape == (0, 2)
 
 
+def test_splits_too_large_for_memory_are_refused_before_generating(monkeypatch):
+    """(``data.n_train=10000000000`` once generated blocks for hours before failing.)"""
+    from mtlbench.data import base
+
+    monkeypatch.setattr(base, "available_memory", lambda: 2**30)
+    with pytest.raises(ConfigError, match=r"^The generated data would need ~5,364\.4 GiB "
+                                          r"\(`data\.n_train = 10000000000`, `data\.n_val = 32`, "
+                                          r"`data\.n_test = 48`; 144 values a row\) and 1\.0 GiB "
+                                          r"of memory is available; lower data\.n_train"):
+        build(n_train=10**10, input_dim=32, teacher_dim=16, tasks=dict(TASKS))
+    with pytest.raises(ConfigError, match=r"^The generated data would need"):
+        gradnorm_toy.build(seed=0, tasks={}, sigmas=[1.0], **{**TOY, "n_train": 10**9})
+    assert len(build().train) == 256  # (what fits is built)
+
+
 def test_only_the_current_generator_version_is_built():
     with pytest.raises(ConfigError, match=r"^`data\.version` must be 2 \(.*\)\. "
                                           r"Found `data\.version = 1`\.$"):

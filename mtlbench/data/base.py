@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Optional
@@ -105,6 +106,36 @@ def check_sizes(**sizes: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(
                 f"`data.{key}` must be an integer >= 1. Found `data.{key} = {value}`.")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``; else the free
+    physical pages), or None where neither is known."""
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(floats_per_row: int, **sizes: int) -> None:
+    """A one-line :class:`ConfigError` when the generated splits (``sizes``: ``n_train``,
+    ``n_val``, ``n_test``, padded to whole blocks) of ``floats_per_row`` float32 values a row
+    (inputs, intermediate values, targets) would not fit in the memory available: generating
+    them would otherwise run for a long time and then fail."""
+    need = 4 * floats_per_row * sum(padded(n) for n in sizes.values())
+    available = available_memory()
+    if available is not None and need > available:
+        given = ", ".join(f"`data.{k} = {v}`" for k, v in sizes.items())
+        raise ConfigError(f"The generated data would need ~{need / 2**30:,.1f} GiB ({given}; "
+                          f"{floats_per_row} values a row) and {available / 2**30:,.1f} GiB of "
+                          f"memory is available; lower data.n_train, n_val or n_test.")
 
 
 def check_version(version: int) -> None:

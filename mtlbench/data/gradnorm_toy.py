@@ -23,6 +23,7 @@ from mtlbench.data.base import (
     MultiTaskData,
     Split,
     blockwise,
+    check_fits,
     check_sizes,
     check_version,
     rows,
@@ -86,6 +87,8 @@ def build(
                 output_dim=output_dim)
     if len(sigmas) < 1:
         raise ConfigError("`data.sigmas` must list at least one σ (one task per σ).")
+    check_fits(input_dim + 2 * len(sigmas) * output_dim, n_train=n_train, n_val=n_val,
+               n_test=n_test)
     for i, sigma in enumerate(sigmas):  # (task i's scale)
         check_positive(f"data.sigmas[{i}]", sigma)
     names = task_names(len(sigmas))

@@ -25,6 +25,7 @@ from mtlbench.data.base import (
     Split,
     TaskConfig,
     blockwise,
+    check_fits,
     check_sizes,
     check_version,
     rows,
@@ -131,6 +132,10 @@ def build(
         check_real(f"data.tasks.{name}.target_scale", cfg.get("target_scale", 1.0))
     if not tasks:
         raise ConfigError("`data.tasks` must define at least one task.")
+    outputs = sum(int(cfg.get("num_classes") or 0) or int(cfg.get("dim", 1))
+                  for cfg in tasks.values())  # targets and their noise, a row
+    check_fits(input_dim + 5 * teacher_dim + 2 * outputs, n_train=n_train, n_val=n_val,
+               n_test=n_test)
     sizes = dict(zip(SPLITS, (n_train, n_val, n_test), strict=True))
     x = {split: rows(seed, ("x", split), size, input_dim) for split, size in sizes.items()}
     gen = stream(seed, "teacher")
