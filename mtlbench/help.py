@@ -11,7 +11,7 @@ import dataclasses
 from importlib.resources import files
 
 #: Groups users pick from (``hydra/*`` ones are Hydra's: launchers and sweepers).
-GROUPS = ("data", "model", "strategy", "optimizer", "experiment", "hydra/launcher")
+GROUPS = ("data", "model", "strategy", "optimizer", "scheduler", "experiment", "hydra/launcher")
 
 HEADER = """usage: mtlbench train [-m] [group=option ...] [key=value ...]
 

@@ -48,7 +48,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import yaml
 
@@ -1401,9 +1401,17 @@ def folder(what: str) -> Any:
     return parse
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``mtlbench report: error: …``, exit 2) instead of
+    the usage block and then the error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (mtlbench report --help: usage)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``mtlbench report`` argument parser."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="mtlbench report",
         usage="mtlbench report [options] DIR [DIR ...]\n"
               "       mtlbench report --list-references",

@@ -62,6 +62,10 @@ def build_scheduler(cfg: DictConfig | dict[str, Any], optimizer: torch.optim.Opt
                               f"Found `scheduler.{key} = {value}`.")
     if "milestones" in node:
         milestones = node["milestones"]
+        if length < 2:
+            raise ConfigError(f"`scheduler.milestones` must lie inside the run, which is {length} "
+                              f"{interval}(s) long: none fits (set scheduler.interval=step, or "
+                              f"train longer). Found `scheduler.milestones = {milestones}`.")
         if (not isinstance(milestones, list) or not milestones
                 or any(not isinstance(m, int) or isinstance(m, bool) for m in milestones)
                 or milestones != sorted(set(milestones))

@@ -237,6 +237,9 @@ BAD_INPUT = [
     (["trainer.max_steps=16", "scheduler=multistep"],
      "`scheduler.milestones` must be increasing integers inside the run (1 … 1 epochs). Found "
      "`scheduler.milestones = [60, 90]`."),
+    (["trainer.max_steps=8", "scheduler=multistep"],  # one epoch (once "1 … 0 epochs")
+     "`scheduler.milestones` must lie inside the run, which is 1 epoch(s) long: none fits (set "
+     "scheduler.interval=step, or train longer). Found `scheduler.milestones = [60, 90]`."),
     (["scheduler=step", "scheduler.interval=week"],
      "`scheduler.interval` must be one of epoch, step. Found `scheduler.interval = week`."),
     (["trainer.select=best_val", "trainer.select_metric=val/accuracy/nope"],

@@ -289,6 +289,22 @@ def test_says_where_files_were_written(study: Path, capsys: pytest.CaptureFixtur
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    ([""], "argument DIR: DIR is empty; give a folder (`.` for this one)"),
+    (["runs", "--out", ""], "argument --out: --out is empty; give a folder (`.` for this one)"),
+    (["--format", "xml", "runs"], "argument --format: invalid choice: 'xml'"),
+])
+def test_usage_errors_are_one_line(argv: list[str], message: str,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """(argparse printed its usage block first; an empty DIR would otherwise be the current
+    dir.)"""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.count("\n") == 1 and err.startswith(f"mtlbench report: error: {message}"), err
+
+
 def test_help_shows_delta_m_percent(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])

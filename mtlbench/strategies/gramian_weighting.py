@@ -55,6 +55,7 @@ as one line: ``strategy=<name> needs <package>: pip install 'mtlbench[solvers]'`
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import torch
@@ -122,6 +123,12 @@ class GramianWeighting(GradientWeighting):
         if self.normalize:  # the whole update keeps its direction only if the heads scale too
             self.scale_invariant = self.heads == "weighted"
         self.loss_weighting = stacked(loss_weighting, self)
+        if self.solver:  # imported now: torchjd checks only that it is installed, and a broken
+            try:  # install would fail at the first step's solve, with a traceback
+                importlib.import_module(self.solver)
+            except Exception as error:  # noqa: BLE001 - any import failure: one line
+                raise ConfigError(f"strategy={self.name} needs {self.solver}, which does not "
+                                  f"import ({type(error).__name__}: {error}): {INSTALL}") from None
         try:
             self.weighting = self.build()
         except ImportError:

@@ -208,6 +208,26 @@ def test_missing_solver_names_the_pip_command(name: str, package: str,
         make(other)
 
 
+def test_a_solver_that_does_not_import_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installed but broken (torchjd's find_spec check passes; the first solve would raise a
+    qpsolvers traceback): refused when the strategy is built, naming the package."""
+    import importlib
+
+    real = importlib.import_module
+
+    def broken(name: str, *args: object) -> object:
+        if name == "quadprog":
+            raise ImportError("libquadprog.so: cannot open shared object file")
+        return real(name, *args)
+    monkeypatch.setattr(importlib, "import_module", broken)
+    with pytest.raises(ConfigError) as info:
+        make("upgrad")
+    assert str(info.value) == (
+        "strategy=upgrad needs quadprog, which does not import (ImportError: libquadprog.so: "
+        "cannot open shared object file): pip install 'mtlbench[solvers]'")
+    make("mgda")
+
+
 def test_cosine_matrix_keeps_zero_gradients_zero() -> None:
     a = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 0.0], [0.0, 2.0, 0.0]], dtype=F64)
     cos, inv = cosine_matrix(stats(a).gramian)
