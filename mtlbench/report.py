@@ -574,10 +574,10 @@ def disambiguate(rows: Sequence[Row]) -> None:
                 chosen, distinct = [*chosen, key], found
             if distinct == len(same):
                 break
-        for row, s in zip(same, settings, strict=True):  # (<unset>: e.g. a key added since;
-            row.label = " ".join([label, *(  # a run with no recorded config says only that)
-                f"{key.removeprefix('strategy.')}={s.get(key, '<unset>')}" for key in chosen
-                if key in s or s.get("config") != UNRECORDED["config"])])
+        for row, s in zip(same, settings, strict=True):  # a run with no recorded config: only that
+            shown = [key for key in chosen if key in s or s.get("config") != UNRECORDED["config"]]
+            row.label = " ".join([label, *(f"{key.removeprefix('strategy.')}="
+                                           f"{s.get(key, '<unset>')}" for key in shown)])
 
 
 def _seed_order(run: Run) -> tuple[bool, int]:

@@ -291,7 +291,7 @@ def torchjd_case(aggregator: Callable[[], object], tuned: bool = False,
             z, outputs = m(p.x)
             mtl_backward([t.loss(outputs[t.name], p.y[t.name]) for t in p.tasks], features=z,
                          **options)
-            jac_to_grad(shared if tuned else m.backbone.parameters(), agg, **jac_options)
+            jac_to_grad(shared, agg, **jac_options)
             opt.step()
         return m, step
     return build
